@@ -1,0 +1,15 @@
+"""Normal prune: global |gamma| threshold; layers that meet at shortcuts keep all channels."""
+from utils.errors import cli_main
+from utils.prune_cli import base_parser, run_prune
+
+
+def main(argv=None):
+    p = base_parser(__doc__)
+    p.add_argument("--importance", choices=["bn", "l1"], default="bn",
+                   help="bn: BN |gamma| with one global threshold; l1: filter L1 norm, the same percent in each layer")
+    args = p.parse_args(argv)
+    return run_prune(args, "normal" if args.importance == "bn" else "l1", "normal" if args.importance == "bn" else "l1")
+
+
+if __name__ == "__main__":
+    cli_main(main)

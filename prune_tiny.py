@@ -1,0 +1,21 @@
+"""Prune yolov3-tiny / yolov4-tiny: every conv but the heads, through maxpools and grouped routes.
+
+A layer read by a grouped route (yolov4-tiny's ``groups=2 group_id=1``) keeps the same
+number of channels in each half, so the route still reads the half it was trained on.
+"""
+from utils.errors import PruneError, cli_main
+from utils.prune_cli import base_parser, run_prune
+from utils.prune_graph import analyze
+from utils.parse_config import parse_model_cfg
+
+
+def main(argv=None):
+    args = base_parser(__doc__).parse_args(argv)
+    if analyze(parse_model_cfg(args.cfg)[1:]).shortcut_groups():
+        raise PruneError(f"{args.cfg}: has residual shortcuts, so it is not a tiny model; "
+                         f"use normal_prune.py or shortcut_prune.py")
+    return run_prune(args, "tiny", "tiny")
+
+
+if __name__ == "__main__":
+    cli_main(main)

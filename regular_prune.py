@@ -1,0 +1,26 @@
+"""Regular prune: normal prune with kept channel counts snapped to 2^n or to a multiple of N.
+
+Hardware runs convolutions fastest on regular widths; an odd count like 23 wastes lanes.
+"""
+from utils.errors import cli_main
+from utils.prune_cli import base_parser, run_prune
+from utils.prune_utils import POLICIES, Policy
+
+
+def main(argv=None):
+    p = base_parser(__doc__)
+    p.add_argument("--multiple", type=int, default=0,
+                   help="round kept counts up to a multiple of this (e.g. 8); 0 = round up to a power of two")
+    args = p.parse_args(argv)
+    if args.multiple < 0:
+        p.error("--multiple must be >= 0")
+    if args.multiple:
+        name = f"regular-x{args.multiple}"
+        POLICIES.setdefault(name, Policy(name, rounding="multiple", multiple=args.multiple))
+    else:
+        name = "regular-pow2"
+    return run_prune(args, name, name)
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,17 @@
+"""Shortcut (extreme) prune: every conv, including those meeting at residual shortcuts.
+
+The convs that add into one residual stream share one mask: a channel of the stream is
+kept if any of them still needs it (the union of their |gamma| masks), so no residual
+sum ever loses a channel that one branch relies on.
+"""
+from utils.errors import cli_main
+from utils.prune_cli import base_parser, run_prune
+
+
+def main(argv=None):
+    args = base_parser(__doc__, percent_default=0.8).parse_args(argv)
+    return run_prune(args, "shortcut", "shortcut")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,39 @@
+"""Error types whose messages are meant for the user, and the CLI wrapper that prints them.
+
+Every error raised for bad input is a ``SlimError``: one line that names the file,
+what was wrong and how to fix it. Command lines run through ``cli_main`` so users see
+that line instead of a traceback.
+"""
+import sys
+
+
+class SlimError(Exception):
+    """Base class for errors caused by the user's input, not by a bug."""
+
+
+class CfgError(SlimError):
+    """A Darknet .cfg (or .data/.names) file that cannot describe a valid network."""
+
+
+class WeightsError(SlimError):
+    """A .weights or .pt file that does not fit the model it is loaded into."""
+
+
+class DataError(SlimError):
+    """A data set, list or label file that cannot be used."""
+
+
+class PruneError(SlimError):
+    """A pruning request that would produce a broken or empty model."""
+
+
+def cli_main(fn, *args, **kwargs):
+    """Run a command-line entry point; turn our errors into one line on stderr and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except SlimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

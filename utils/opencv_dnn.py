@@ -1,0 +1,85 @@
+"""OpenCV DNN as the independent reference for Darknet files.
+
+OpenCV's Darknet importer is a second, unrelated implementation of the format. If our
+PyTorch model and OpenCV agree on a .cfg/.weights pair, Darknet users get what we measured.
+"""
+import numpy as np
+import torch
+
+from utils.errors import SlimError
+
+
+def read_net(cfg_path, weights_path, exact=False):
+    """cv2.dnn net from a Darknet pair, with OpenCV's own error turned into one line.
+
+    ``exact`` turns off OpenCV's Winograd 3x3 convolution: it is faster but drifts ~2e-4
+    from an fp64 reference on full yolov3 (plain fp32 stays ~1e-5), which would hide real
+    mismatches in parity checks. Latency is measured with OpenCV's default (fast) path.
+    """
+    import cv2
+    if not hasattr(cv2.dnn, "readNetFromDarknet"):
+        raise SlimError("this OpenCV has no Darknet importer (removed in 5.0); pip install 'opencv-python-headless<5'")
+    try:
+        net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
+    except cv2.error as e:
+        msg = str(e).strip().splitlines()[-1]
+        raise SlimError(f"{cfg_path}: OpenCV cannot load this pair ({msg})") from None
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    if exact and hasattr(net, "enableWinograd"):
+        net.enableWinograd(False)
+    return net
+
+
+def opencv_forward(net, x):
+    """Outputs of every [yolo] layer for an NCHW float32 array, in OpenCV's row layout."""
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    return [o.copy() for o in net.forward(net.getUnconnectedOutLayersNames())]
+
+
+def torch_in_opencv_layout(model, x):
+    """Our model's decoded heads arranged like OpenCV's yolo outputs, for batch item 0.
+
+    OpenCV gives one (ny*nx*na, 5+nc) array per head, rows ordered (y, x, anchor),
+    xywh normalized by the input size, then objectness, then objectness * class score.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        raw = model.forward_raw(xt)
+    model.train(was_training)
+    h, w = xt.shape[-2:]
+    outs = []
+    for i, r in zip(model.yolo_layers, raw):
+        head = model.module_list[i]
+        p = head.reshape(r)
+        ny, nx = p.shape[2:4]
+        d = head.decode(p, (h, w)).view(p.shape)[0]            # (na, ny, nx, no)
+        d = d.permute(1, 2, 0, 3).reshape(-1, head.no).clone()  # rows (y, x, a)
+        d[:, [0, 2]] /= w
+        d[:, [1, 3]] /= h
+        d[:, 5:] *= d[:, 4:5]
+        outs.append(d.numpy())
+    return outs
+
+
+def max_layout_difference(ours, theirs):
+    """Largest difference over all heads.
+
+    x, y, objectness and class scores are compared absolutely. w and h are anchor*exp(raw),
+    so their float error grows with their size: they are compared relative to max(1, |w|).
+    OpenCV zeroes class scores under its threshold, so class columns are compared only
+    where OpenCV reports a score.
+    """
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(a[:, [0, 1, 4]] - b[:, [0, 1, 4]]).max()))
+        scale = np.maximum(1.0, np.abs(b[:, 2:4]))
+        worst = max(worst, float((np.abs(a[:, 2:4] - b[:, 2:4]) / scale).max()))
+        shown = b[:, 5:] > 0
+        if shown.any():
+            worst = max(worst, float(np.abs(a[:, 5:][shown] - b[:, 5:][shown]).max()))
+    return worst

@@ -1,0 +1,42 @@
+"""Tables a prune run prints: kept channels per layer, and the before/after comparison."""
+
+
+def _table(rows, title=None):
+    try:
+        from terminaltables import AsciiTable
+        table = AsciiTable(rows, title)
+        return table.table
+    except ImportError:  # plain fallback keeps the scripts usable without the optional package
+        widths = [max(len(str(r[k])) for r in rows) for k in range(len(rows[0]))]
+        lines = [("  ".join(str(c).rjust(w) for c, w in zip(r, widths))) for r in rows]
+        return "\n".join(([title] if title else []) + lines)
+
+
+def channel_table(model, plans):
+    """One row per conv whose width changed or that was removed."""
+    rows = [["layer", "type", "before", "after", "pruned"]]
+    for plan in plans:
+        for block in plan.removed_blocks:
+            for i in (*block.convs, block.shortcut):
+                kind = model.module_defs[i]["type"] if i < len(model.module_defs) else "?"
+                rows.append([i, kind, "-", "removed", "100%"])
+        for i, keep in sorted(plan.masks.items()):
+            before, after = keep.numel(), int(keep.sum())
+            if after != before:
+                rows.append([i, "conv", before, after, f"{1 - after / before:.0%}"])
+    return _table(rows, " kept channels ")
+
+
+def comparison_table(before, after):
+    """before/after: dicts of metric name -> value (None = not measured)."""
+    rows = [["metric", "original", "pruned", "change"]]
+    for key, fmt in (("mAP@0.5", "{:.4f}"), ("params", "{:,}"), ("GFLOPs", "{:.3f}"),
+                     ("torch ms", "{:.2f}"), ("opencv ms", "{:.2f}"), ("weights MB", "{:.2f}")):
+        a, b = before.get(key), after.get(key)
+        if a is None and b is None:
+            continue
+        change = ""
+        if a not in (None, 0) and b is not None:
+            change = f"{b - a:+.4f}" if key == "mAP@0.5" else f"x{a / b:.2f}" if b else ""
+        rows.append([key, "-" if a is None else fmt.format(a), "-" if b is None else fmt.format(b), change])
+    return _table(rows, " before / after ")

@@ -1,0 +1,407 @@
+"""The pruning engine: plan masks, compensate, build the compact model, write Darknet files.
+
+Every front end (normal, regular, shortcut, tiny, layer+channel) is a ``Policy`` handed
+to the same three steps:
+
+    graph = analyze(model.module_defs)          # utils/prune_graph.py
+    plan = plan_channels(model, graph, policy, percent)   (and/or plan_layers)
+    compact = build_compact(model, graph, plan) # compensation + surgery
+    write_pruned(compact, out_dir, name)
+
+Compensation: once a channel's gamma is zero its output is the constant ``act(beta)``.
+``propagate_constants`` follows those constants through shortcut sums, route
+concatenation, upsample and maxpool to every conv that reads them, and folds them into
+that conv's BN running mean (or its bias when it has no BN). The compact model then
+equals the original with the pruned gammas set to zero, except where zero padding at the
+image border sees the missing constant.
+"""
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from models import Darknet
+from utils.errors import PruneError
+from utils.parse_config import write_model_cfg
+from utils.prune_graph import analyze
+
+# ----------------------------------------------------------------------------- data types
+
+
+@dataclass
+class Policy:
+    """How a pruning method chooses channels."""
+    name: str
+    shortcut_groups: bool = False      # prune convs meeting at shortcuts, with one shared mask
+    rounding: str = "none"             # 'none', 'pow2' or 'multiple'
+    multiple: int = 8
+    importance: str = "bn"             # 'bn' (|gamma|, global threshold) or 'l1' (filter L1, per layer)
+
+
+POLICIES = {
+    "normal": Policy("normal"),
+    "tiny": Policy("tiny"),
+    "regular-pow2": Policy("regular-pow2", rounding="pow2"),
+    "regular-x8": Policy("regular-x8", rounding="multiple", multiple=8),
+    "shortcut": Policy("shortcut", shortcut_groups=True),
+    "l1": Policy("l1", importance="l1"),
+}
+
+
+@dataclass
+class Unit:
+    """Convs that keep one channel set (one conv, or every conv of a shortcut group)."""
+    convs: list
+    width: int
+    split: int = 1                     # a grouped route reads equal slices: keep equal counts in each
+
+
+@dataclass
+class PrunePlan:
+    """The decision: kept output channels per conv, and residual blocks to remove."""
+    masks: dict = field(default_factory=dict)          # conv index -> bool tensor (True = keep)
+    removed_blocks: list = field(default_factory=list)  # ResidualBlock
+    threshold: float = None
+    safe_percent: float = None
+    policy: str = ""
+
+    def removed_layers(self):
+        return {i for b in self.removed_blocks for i in (*b.convs, b.shortcut)}
+
+    def pruned_channels(self):
+        return sum(int((~m).sum()) for m in self.masks.values())
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def make_units(model, graph, policy):
+    """Prunable units for a policy; normal-style policies leave shortcut groups whole."""
+    units, seen = [], set()
+    for conv in graph.prunable:
+        group = graph.groups[graph.group_of[conv]]
+        if graph.in_shortcut_group(conv) and not policy.shortcut_groups:
+            continue
+        members = sorted(group) if policy.shortcut_groups else [conv]
+        if members[0] in seen:
+            continue
+        seen.update(members)
+        width = model.module_list[conv].Conv2d.out_channels
+        units.append(Unit(members, width, max(graph.split_of[c] for c in members)))
+    if not units:
+        raise PruneError(f"{model.cfg_path or 'the cfg'}: no prunable layers for the '{policy.name}' method "
+                         f"(every conv feeds a [yolo] head{' or a shortcut' if not policy.shortcut_groups else ''})")
+    return units
+
+
+def unit_scores(model, unit, importance):
+    """Per-channel importance of a unit: the max over its convs, so a shared channel is kept
+    if any conv writing into that residual stream still needs it (the union of their masks)."""
+    scores = []
+    for c in unit.convs:
+        seq = model.module_list[c]
+        if importance == "l1":
+            w = seq.Conv2d.weight.detach()
+            scores.append(w.abs().sum(dim=(1, 2, 3)))
+        else:
+            scores.append(seq.BatchNorm2d.weight.detach().abs())
+    return torch.stack(scores).amax(0).float()
+
+
+def round_count(n, width, policy):
+    """Kept count after the policy's rounding, never above the layer width."""
+    if policy.rounding == "pow2":
+        n = 1 << max(3, math.ceil(math.log2(max(n, 1))))
+    elif policy.rounding == "multiple":
+        n = policy.multiple * math.ceil(max(n, 1) / policy.multiple)
+    return min(n, width)
+
+
+def top_k_mask(scores, k, split=1):
+    """Keep the k strongest channels; with split > 1, the k/split strongest of each slice."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    per = scores.numel() // split
+    k_each = math.ceil(k / split)
+    for s in range(split):
+        part = scores[s * per:(s + 1) * per]
+        mask[s * per + torch.topk(part, k_each).indices] = True
+    return mask
+
+
+def safe_limit(scores_by_unit):
+    """(threshold, percent) beyond which some unit would lose every channel."""
+    all_scores = torch.cat(list(scores_by_unit))
+    highest_safe = min(float(s.max()) for s in scores_by_unit)
+    return highest_safe, float((all_scores < highest_safe).float().mean())
+
+
+def plan_channels(model, graph, policy, percent, layer_keep=None):
+    """Choose kept channels for every unit of ``policy`` at ``percent`` of prunable channels.
+
+    BN importance: one global threshold at the ``percent`` quantile of |gamma| over all
+    units (network slimming). L1 importance: the same ``percent`` within each layer.
+    ``layer_keep`` (fraction, 0..1) guarantees each unit that share of its strongest
+    channels; without it a percent past the safe limit is refused.
+    """
+    if not 0 < percent < 1:
+        raise PruneError(f"--percent {percent} is outside (0, 1); pass a fraction such as 0.5")
+    if layer_keep is not None and not 0 < layer_keep <= 1:
+        raise PruneError(f"--layer-keep {layer_keep} is outside (0, 1]; pass a fraction such as 0.1")
+    units = make_units(model, graph, policy)
+    scores = [unit_scores(model, u, policy.importance) for u in units]
+    safe_thr, safe_pct = safe_limit(scores)
+    plan = PrunePlan(policy=policy.name, safe_percent=safe_pct)
+
+    if policy.importance == "bn":
+        ordered = torch.sort(torch.cat(scores)).values
+        plan.threshold = float(ordered[min(int(len(ordered) * percent), len(ordered) - 1)])
+        if plan.threshold > safe_thr and layer_keep is None:
+            raise PruneError(
+                f"--percent {percent:.3f} would remove every channel of some layer (threshold "
+                f"{plan.threshold:.4g} > smallest per-layer max |gamma| {safe_thr:.4g}); the safe limit is "
+                f"--percent {safe_pct:.3f}, or pass --layer-keep 0.1 to keep each layer's strongest channels")
+    for unit, s in zip(units, scores):
+        if policy.importance == "bn":
+            n_keep = int((s >= plan.threshold).sum())
+        else:
+            n_keep = unit.width - int(unit.width * percent)
+        if layer_keep is not None:
+            n_keep = max(n_keep, math.ceil(layer_keep * unit.width))
+        n_keep = max(n_keep, 1)
+        n_keep = round_count(n_keep, unit.width, policy)
+        n_keep = min(unit.width, unit.split * math.ceil(n_keep / unit.split))
+        mask = top_k_mask(s, n_keep, unit.split)
+        for c in unit.convs:
+            plan.masks[c] = mask.clone()
+    return plan
+
+
+def plan_layers(model, graph, n_blocks):
+    """Remove the ``n_blocks`` residual blocks whose last BN has the smallest mean |gamma|."""
+    blocks = graph.blocks
+    if not blocks:
+        raise PruneError(f"{model.cfg_path or 'the cfg'}: has no residual blocks (conv, conv, shortcut) to remove")
+    if not 0 < n_blocks <= len(blocks):
+        raise PruneError(f"--layers {n_blocks}: choose between 1 and {len(blocks)} (the residual blocks in this cfg)")
+    strength = [float(model.module_list[b.convs[1]].BatchNorm2d.weight.detach().abs().mean()) for b in blocks]
+    order = sorted(range(len(blocks)), key=lambda k: strength[k])
+    return PrunePlan(removed_blocks=sorted((blocks[k] for k in order[:n_blocks]), key=lambda b: b.shortcut),
+                     policy=f"layer({n_blocks})")
+
+
+# ----------------------------------------------------------------------------- surgery
+
+
+def _activation(seq):
+    return getattr(seq, "activation", torch.nn.Identity())
+
+
+def _stand_in(layer, removed_shortcut_input):
+    """The layer whose output replaces a removed shortcut's (its block's input), transitively."""
+    while layer in removed_shortcut_input:
+        layer = removed_shortcut_input[layer]
+    return layer
+
+
+def propagate_constants(model, graph, plan):
+    """Per layer, the constant each output channel lacks in the compact model.
+
+    Pruned channels contribute ``act(beta)``; a removed residual block contributes its last
+    conv's ``act(beta)`` to the stream it was added to. Constants add at shortcuts,
+    concatenate at routes and pass unchanged through upsample, maxpool and dropout.
+    """
+    removed = plan.removed_layers()
+    block_of_shortcut = {b.shortcut: b for b in plan.removed_blocks}
+    consts = [None] * len(graph.module_defs)
+    with torch.no_grad():
+        for i, mdef in enumerate(graph.module_defs):
+            kind, srcs = mdef["type"], graph.sources[i]
+            if kind == "convolutional":
+                width = model.module_list[i].Conv2d.out_channels
+                c = torch.zeros(width)
+                if i in plan.masks and i not in removed:
+                    seq, keep = model.module_list[i], plan.masks[i]
+                    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
+                    c = torch.where(keep, torch.zeros(width), _activation(seq)(beta).view(-1))
+                consts[i] = c
+            elif kind == "shortcut":
+                if i in block_of_shortcut:
+                    block = block_of_shortcut[i]
+                    seq = model.module_list[block.convs[1]]
+                    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
+                    consts[i] = consts[block.input] + _activation(seq)(beta).view(-1)
+                else:
+                    total = consts[srcs[0]] + consts[srcs[1]]
+                    act = model.module_list[i].activation
+                    consts[i] = act(total.view(1, -1, 1, 1)).view(-1) if total.any() else total
+            elif kind == "route":
+                g, gid = mdef.get("groups", 1), mdef.get("group_id", 0)
+                consts[i] = torch.cat([consts[j].chunk(g)[gid] for j in srcs])
+            elif kind == "yolo":
+                consts[i] = consts[i - 1]
+            else:  # upsample, maxpool, dropout
+                consts[i] = consts[srcs[0]]
+    return consts
+
+
+def output_masks(model, graph, plan):
+    """Per layer, which of its original output channels the compact model keeps."""
+    removed_input = {b.shortcut: b.input for b in plan.removed_blocks}
+    masks = [None] * len(graph.module_defs)
+    for i, mdef in enumerate(graph.module_defs):
+        kind, srcs = mdef["type"], graph.sources[i]
+        if kind == "convolutional":
+            width = model.module_list[i].Conv2d.out_channels
+            masks[i] = plan.masks.get(i, torch.ones(width, dtype=torch.bool))
+        elif kind == "shortcut":
+            if i in removed_input:
+                masks[i] = masks[_stand_in(i, removed_input)]
+            else:
+                a, b = masks[srcs[0]], masks[srcs[1]]
+                if not torch.equal(a, b):
+                    raise PruneError(f"{mdef.where()}: the two inputs of this shortcut were given different "
+                                     f"masks; shortcut groups must share one mask (use shortcut_prune)")
+                masks[i] = a
+        elif kind == "route":
+            g, gid = mdef.get("groups", 1), mdef.get("group_id", 0)
+            parts = []
+            for j in srcs:
+                chunk = masks[j].chunk(g)[gid]
+                if g > 1 and len({int(m.sum()) for m in masks[j].chunk(g)}) != 1:
+                    raise PruneError(f"{mdef.where()}: reads slice {gid} of {g} from layer {j}, whose slices keep "
+                                     f"different channel counts; the planner must keep equal counts per slice")
+                parts.append(chunk)
+            masks[i] = torch.cat(parts)
+        else:
+            masks[i] = masks[srcs[0]] if srcs else None
+    return masks
+
+
+def compact_module_defs(model, graph, plan, out_masks):
+    """Edited copy of [net] + layers: new ``filters=``, removed blocks gone, references renumbered."""
+    removed = plan.removed_layers()
+    removed_input = {b.shortcut: b.input for b in plan.removed_blocks}
+    new_index, n = {}, 0
+    for i in range(len(graph.module_defs)):
+        if i not in removed:
+            new_index[i] = n
+            n += 1
+
+    def renumber(ref, i, relative):
+        target = new_index[_stand_in(ref, removed_input)]
+        return target - new_index[i] if relative else target
+
+    defs = [copy.deepcopy(model.hyperparams)]
+    for i, mdef in enumerate(graph.module_defs):
+        if i in removed:
+            continue
+        d = copy.deepcopy(mdef)
+        if d["type"] == "convolutional":
+            d["filters"] = int(out_masks[i].sum())
+        elif d["type"] == "route":
+            raw = d["layers"] if isinstance(d["layers"], list) else [d["layers"]]
+            new = [renumber(j, i, r < 0) for j, r in zip(graph.sources[i], raw)]
+            d["layers"] = new if isinstance(d["layers"], list) else new[0]
+        elif d["type"] == "shortcut":
+            raw = d["from"][0] if isinstance(d["from"], list) else d["from"]
+            new = renumber(graph.sources[i][1], i, raw < 0)
+            d["from"] = [new] if isinstance(d["from"], list) else new
+        defs.append(d)
+    return defs
+
+
+def build_compact(model, plan, graph=None, compensate=True):
+    """The pruned model: compensated, with weights copied by mask. ``model`` is not modified.
+
+    ``compensate=False`` drops the pruned channels' constants instead of folding them into
+    their consumers (what a naive pruner does); it exists to measure what compensation buys.
+    """
+    graph = graph or analyze(model.module_defs)
+    removed = plan.removed_layers()
+    consts = propagate_constants(model, graph, plan)
+    if not compensate:
+        consts = [torch.zeros_like(c) for c in consts]
+    masks = output_masks(model, graph, plan)
+    defs = compact_module_defs(model, graph, plan, masks)
+    compact = Darknet.without_init(defs, model.img_size)
+    compact.cfg_path = None
+    compact.version, compact.seen = model.version.copy(), model.seen
+
+    compact_convs = iter(i for i, d in enumerate(compact.module_defs) if d["type"] == "convolutional")
+    with torch.no_grad():
+        for i, mdef in enumerate(graph.module_defs):
+            if mdef["type"] != "convolutional" or i in removed:
+                continue
+            src_seq, dst_seq = model.module_list[i], compact.module_list[next(compact_convs)]
+            out_m = masks[i]
+            in_const = consts[i - 1] if i > 0 else None
+            in_m = masks[i - 1] if i > 0 else torch.ones(src_seq.Conv2d.in_channels, dtype=torch.bool)
+            if src_seq.Conv2d.groups > 1:
+                in_m = torch.ones(src_seq.Conv2d.weight.shape[1], dtype=torch.bool)
+            weight = src_seq.Conv2d.weight.detach()
+            offset = None
+            if in_const is not None and in_const.any():
+                offset = weight.sum(dim=(2, 3)).float() @ in_const
+            dst_seq.Conv2d.weight.copy_(weight[out_m][:, in_m])
+            if hasattr(src_seq, "BatchNorm2d"):
+                src_bn, dst_bn = src_seq.BatchNorm2d, dst_seq.BatchNorm2d
+                mean = src_bn.running_mean.detach().clone()
+                if offset is not None:
+                    mean -= offset.to(mean.dtype)
+                dst_bn.weight.copy_(src_bn.weight[out_m])
+                dst_bn.bias.copy_(src_bn.bias[out_m])
+                dst_bn.running_mean.copy_(mean[out_m])
+                dst_bn.running_var.copy_(src_bn.running_var[out_m])
+                dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)
+            else:
+                bias = src_seq.Conv2d.bias.detach().clone()
+                if offset is not None:
+                    bias += offset.to(bias.dtype)
+                dst_seq.Conv2d.bias.copy_(bias[out_m])
+    return compact.train(model.training)
+
+
+def zeroed_reference(model, plan):
+    """The original model with every pruned gamma set to 0: what the compact model must equal."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for conv, keep in plan.masks.items():
+            ref.module_list[conv].BatchNorm2d.weight[~keep] = 0
+        for block in plan.removed_blocks:
+            ref.module_list[block.convs[1]].BatchNorm2d.weight.zero_()
+    return ref
+
+
+def prune(model, policy, percent=None, layer_keep=None, n_blocks=0):
+    """One call for the front ends: optional layer removal, then channel pruning unless
+    ``percent`` is None.
+
+    Returns (compact model, list of plans applied in order).
+    """
+    plans, current = [], model
+    if n_blocks:
+        plan = plan_layers(current, analyze(current.module_defs), n_blocks)
+        current = build_compact(current, plan)
+        plans.append(plan)
+    if percent is not None:
+        graph = analyze(current.module_defs)
+        plan = plan_channels(current, graph, policy, percent, layer_keep)
+        current = build_compact(current, plan, graph)
+        plans.append(plan)
+    return current, plans
+
+
+def write_pruned(compact, folder, name):
+    """Write ``name.cfg`` and ``name.weights`` into ``folder``; check the byte count on the way."""
+    cfg_path = os.path.join(folder, f"{name}.cfg")
+    weights_path = os.path.join(folder, f"{name}.weights")
+    write_model_cfg(compact.all_defs, cfg_path)
+    compact.save_darknet_weights(weights_path)
+    header = 20 if int(compact.version[0]) * 10 + int(compact.version[1]) >= 2 else 16
+    expected = header + 4 * compact.darknet_float_count()
+    if os.path.getsize(weights_path) != expected:
+        raise PruneError(f"{weights_path}: wrote {os.path.getsize(weights_path)} bytes, expected {expected}")
+    compact.cfg_path = cfg_path
+    return cfg_path, weights_path

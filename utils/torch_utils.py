@@ -1,0 +1,120 @@
+"""Model measurements shared by the prune scripts, tests and benchmarks."""
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+
+def randomize_weights(model, seed=0, gamma_range=(0.2, 1.5), calibrate=True):
+    """Seeded random weights whose activations stay O(1) through deep nets, like a trained model's.
+
+    Convs get fan-in scaled normals and BNs a spread of gammas, so parity and pruning
+    tests exercise every parameter. With ``calibrate`` the BN running statistics are then
+    set from one forward pass on random images, so each BN really normalizes its input;
+    without it, residual sums in yolov3 grow until exp() in the heads overflows.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                # head convs (no BN, so they have a bias) are scaled down: trained heads emit
+                # small logits, and exp(w) of a large random one overflows the decoded boxes
+                scale = 0.25 if m.bias is not None else 1.0
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in) * scale)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                lo, hi = gamma_range
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * (hi - lo) + lo)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+    if calibrate:
+        calibrate_bn(model, torch.rand(1, 3, 224, 224, generator=g))
+    return model
+
+
+def calibrate_bn(model, images):
+    """Set every BN's running mean/var to the statistics of ``images`` (one train-mode pass)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.train()
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.forward_raw(images)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum, m.training = momentum, training
+        m.num_batches_tracked.zero_()
+    model.train(was_training)
+    return model
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model, img_size=None):
+    """FLOPs of one forward pass at ``img_size`` (h, w), multiply-add counted as 2 as Darknet prints."""
+    h, w = _hw(img_size or model.img_size)
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total += 2 * output.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.forward_raw(torch.zeros(1, 3, h, w))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total
+
+
+def median_ms(fn, warmup=3, runs=10):
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def torch_latency_ms(model, img_size=None, warmup=3, runs=10):
+    """Batch-1 CPU latency of the model's forward pass (median of ``runs``)."""
+    h, w = _hw(img_size or model.img_size)
+    x = torch.rand(1, 3, h, w)
+    model.eval()
+    with torch.inference_mode():
+        return median_ms(lambda: model.forward_raw(x), warmup, runs)
+
+
+def opencv_latency_ms(net, img_size, warmup=3, runs=10):
+    """Batch-1 latency of an OpenCV DNN net (median of ``runs``)."""
+    import numpy as np
+    h, w = _hw(img_size)
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    names = net.getUnconnectedOutLayersNames()
+
+    def run():
+        net.setInput(x)
+        net.forward(names)
+    return median_ms(run, warmup, runs)
+
+
+def _hw(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
