@@ -6,6 +6,7 @@ OpenCV DNN's Darknet importer.
 """
 import copy
 import os
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -197,6 +198,9 @@ def create_modules(module_defs, in_channels):
     """Build one nn.Module per layer; return (module_list, output channels per layer)."""
     module_list, out_channels = nn.ModuleList(), []
     channels = in_channels
+    # each layer's total stride relative to the input: inputs joined by a route or a shortcut
+    # must share it, or forward() would fail deep inside torch with "sizes must match"
+    scales, scale = [], Fraction(1)
     for i, mdef in enumerate(module_defs):
         kind = mdef["type"]
         seq = nn.Sequential()
@@ -216,6 +220,7 @@ def create_modules(module_defs, in_channels):
                 raise CfgError(f"{mdef.where()}: groups={groups} must divide input ({channels}) and filters ({filters})")
             check_conv_size(mdef, filters, channels // groups, size)
             seq.add_module("Conv2d", nn.Conv2d(channels, filters, size, stride, pad, groups=groups, bias=not bn))
+            scale *= stride
             if bn:
                 seq.add_module("BatchNorm2d", nn.BatchNorm2d(filters, eps=BN_EPS, momentum=BN_MOMENTUM))
             activation = mdef.get("activation", "logistic")
@@ -229,11 +234,13 @@ def create_modules(module_defs, in_channels):
             if size <= 0 or stride <= 0 or padding < 0:
                 raise CfgError(f"{mdef.where()}: size and stride must be positive, padding not negative")
             seq = DarknetMaxPool(size, stride, padding)
+            scale *= stride
         elif kind == "upsample":
             stride = get_int(mdef, "stride", 2)
             if stride <= 0:
                 raise CfgError(f"{mdef.where()}: stride={stride} must be positive (downsampling is not supported)")
             seq = Upsample(stride)
+            scale /= stride
         elif kind == "route":
             layers = resolve_layers(mdef, i, len(module_defs))
             groups, group_id = get_int(mdef, "groups", 1), get_int(mdef, "group_id", 0)
@@ -243,12 +250,19 @@ def create_modules(module_defs, in_channels):
             if any(c % groups for c in parts):
                 raise CfgError(f"{mdef.where()}: groups={groups} does not divide the routed channels {parts}")
             channels = sum(c // groups for c in parts)
+            if len({scales[j] for j in layers}) > 1:
+                raise CfgError(f"{mdef.where()}: joins layers {layers} of different resolutions "
+                               f"(strides {[str(scales[j]) for j in layers]}); route layers of one size")
+            scale = scales[layers[0]]
             seq = Route(layers, groups, group_id)
         elif kind == "shortcut":
             j = resolve_shortcut(mdef, i)
             if out_channels[j] != channels:
                 raise CfgError(f"{mdef.where()}: adds layer {j} ({out_channels[j]} channels) to layer {i - 1} "
                                f"({channels} channels); the widths must match")
+            if scales[j] != scale:
+                raise CfgError(f"{mdef.where()}: adds layer {j} (stride {scales[j]}) to layer {i - 1} "
+                               f"(stride {scale}); the resolutions must match")
             seq = Shortcut(j, make_activation(mdef.get("activation", "linear"), mdef))
         elif kind == "yolo":
             anchors = yolo_anchors(mdef)
@@ -259,7 +273,8 @@ def create_modules(module_defs, in_channels):
                 raise CfgError(f"{mdef.where()}: the conv before this [yolo] has filters={channels}, but "
                                f"{len(anchors)} anchors x (classes {nc} + 5) = {len(anchors) * (nc + 5)}; set filters to that")
             if mdef.get("new_coords", 0):
-                raise CfgError(f"{mdef.where()}: new_coords=1 (scaled-YOLOv4 decoding) is not supported")
+                raise CfgError(f"{mdef.where()}: new_coords={mdef['new_coords']} is not supported "
+                               f"(only Darknet's classic decoding, new_coords=0)")
             scale = mdef.get("scale_x_y", 1.0)
             if isinstance(scale, bool) or not isinstance(scale, (int, float)):
                 raise CfgError(f"{mdef.where()}: scale_x_y={scale!r} must be a number")
@@ -268,6 +283,7 @@ def create_modules(module_defs, in_channels):
             seq = nn.Identity()
         module_list.append(seq)
         out_channels.append(channels)
+        scales.append(scale)
     return module_list, out_channels
 
 
@@ -309,7 +325,7 @@ class Darknet(nn.Module):
         if not self.yolo_layers:
             raise CfgError(f"{self.cfg_path or '<cfg>'}: the cfg has no [yolo] layer")
         self.nc = self.module_list[self.yolo_layers[0]].nc
-        self.img_size = img_size or (self.hyperparams.get("height", 416), self.hyperparams.get("width", 416))
+        self.img_size = img_size or (get_int(self.hyperparams, "height", 416), get_int(self.hyperparams, "width", 416))
         if isinstance(self.img_size, int):
             self.img_size = (self.img_size, self.img_size)
         self.version = np.array(DEFAULT_VERSION, dtype=np.int32)
@@ -392,17 +408,21 @@ class Darknet(nn.Module):
                 f"{path}: holds {data.size} floats after the header but {cfg} needs {need} "
                 f"({hint}); these weights belong to another cfg (a pruned cfg needs its own "
                 f".weights{'' if cutoff is not None else ', and a backbone-only file needs --cutoff'})")
-        ptr = 0
-        with torch.no_grad():
-            for i, conv, bn in self.conv_layers(cutoff):
-                params = ([bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [conv.bias])
-                for t in params + [conv.weight]:
-                    n = t.numel()
-                    t.copy_(torch.from_numpy(data[ptr:ptr + n].copy()).view_as(t))
-                    ptr += n
-                if bn is not None and (bn.running_var < 0).any():
+        # slice everything and check it before touching the model, so a bad file never
+        # leaves a half-loaded model behind
+        ptr, pending = 0, []
+        for i, conv, bn in self.conv_layers(cutoff):
+            params = ([bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [conv.bias])
+            for k, t in enumerate(params + [conv.weight]):
+                chunk = data[ptr:ptr + t.numel()]
+                if bn is not None and k == 3 and (chunk < 0).any():
                     raise WeightsError(f"{path}: layer {i} has negative BN variances, so the file does not "
                                        f"belong to {cfg}; use the .weights written with this cfg")
+                pending.append((t, chunk))
+                ptr += t.numel()
+        with torch.no_grad():
+            for t, chunk in pending:
+                t.copy_(torch.from_numpy(chunk.copy()).view_as(t))
         self.version, self.seen = version, seen
         return self
 
@@ -454,8 +474,13 @@ class Darknet(nn.Module):
             raise WeightsError(f"{path}: has keys the cfg does not ({extra[0]}, ...); it was saved from another cfg")
         self.load_state_dict(state)
         if isinstance(ckpt, dict):
-            self.version = np.array(ckpt.get("version", DEFAULT_VERSION), dtype=np.int32)
-            self.seen = int(ckpt.get("seen", 0))
+            try:
+                version = np.array(ckpt.get("version", DEFAULT_VERSION), dtype=np.int32).reshape(3)
+                seen = int(ckpt.get("seen", 0))
+            except (TypeError, ValueError, OverflowError):
+                raise WeightsError(f"{path}: 'version'/'seen' are not Darknet header numbers; "
+                                   f"is this a checkpoint of ours?") from None
+            self.version, self.seen = version, seen
         return self
 
 
@@ -520,7 +545,7 @@ def save_checkpoint(ckpt, path):
 def model_from_checkpoint(path, img_size=None):
     """Rebuild a model from a .pt of ours alone: the cfg text travels inside the checkpoint."""
     ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "cfg" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("cfg"), str):
         raise WeightsError(f"{path}: has no cfg inside; pass --cfg with it")
     model = Darknet(parse_cfg_text(ckpt["cfg"], path), img_size)
     return model.load_checkpoint_state(ckpt, path)

@@ -111,6 +111,8 @@ HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1
     (NET + "[convolutional]\nfilters=8\nsize=3\n[route]\nlayers=7\n" + HEAD, "layers=7"),
     (NET + "[convolutional]\nfilters=8\nsize=3\n[shortcut]\nfrom=-5\n" + HEAD, "from=-5"),
     (NET + "[convolutional]\nfilters=8\nsize 3\n", "key=value"),
+    (NET + "[convolutional]\nfilters=8\nsize=3\n[convolutional]\nfilters=8\nsize=3\nstride=2\n"
+     "[route]\nlayers=-1,0\n" + HEAD, "different resolutions"),
     (NET + "[convolutional]\nfilters=17\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n",
      "filters=17"),
 ])
@@ -173,3 +175,24 @@ def test_pt_from_another_cfg_refused(tmp_path):
     save_checkpoint(Darknet(cfg_path("yolov3-tiny-5cls")).checkpoint(), tmp_path / "a.pt")
     with pytest.raises(WeightsError, match="another cfg"):
         load_model(cfg_path("yolov3-narrow"), str(tmp_path / "a.pt"))
+
+
+def test_cfg_with_byte_order_mark_parses(tmp_path):
+    path = tmp_path / "bom.cfg"
+    path.write_bytes(b"\xef\xbb\xbf" + (NET + HEAD).encode())
+    assert Darknet(str(path)).module_defs[0]["filters"] == 18
+
+
+def test_rejected_weights_leave_model_untouched(tiny5, tmp_path):
+    _, path = tiny5
+    data = bytearray(path.read_bytes())
+    fresh = Darknet(cfg_path("yolov3-tiny-5cls"))
+    n_first_bn = fresh.module_list[0].BatchNorm2d.num_features  # beta, gamma, mean, then variance
+    var_offset = 20 + 3 * n_first_bn * 4
+    data[var_offset:var_offset + 4] = np.array([-1.0], dtype="<f4").tobytes()
+    bad = tmp_path / "negvar.weights"
+    bad.write_bytes(bytes(data))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(WeightsError, match="negative BN variances"):
+        fresh.load_darknet_weights(str(bad))
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())

@@ -99,10 +99,12 @@ def parse_model_cfg(path):
     if not os.path.isfile(path):
         raise CfgError(f"{path}: cfg file not found; check the --cfg path")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: editors on Windows add a BOM
             text = f.read()
     except UnicodeDecodeError:
         raise CfgError(f"{path}: not a text file; pass the .cfg, not the .weights") from None
+    except OSError as e:
+        raise CfgError(f"{path}: cannot read it ({e.strerror})") from None
     return parse_cfg_text(text, path)
 
 

@@ -1,0 +1,76 @@
+"""Convert model weights between Darknet ``.weights`` and our PyTorch ``.pt`` checkpoints.
+
+The direction follows the file extensions:
+
+    python convert.py --cfg cfg/yolov3-tiny.cfg --weights yolov3-tiny.weights --out yolov3-tiny.pt
+    python convert.py --cfg cfg/yolov3-tiny.cfg --weights yolov3-tiny.pt --out back.weights
+    python convert.py --weights yolov3-tiny.pt --out back.weights          # cfg travels inside our .pt
+    python convert.py --cfg cfg/yolov3.cfg --weights yolov3.weights --out darknet53.conv.74 --cutoff 74
+
+A ``.pt``/``.pth`` name means our checkpoint; any other name is a Darknet weights file (backbone
+files such as ``darknet53.conv.74`` have no ``.weights`` extension). Outputs are written atomically
+and never over an input.
+"""
+import argparse
+import os
+
+from models import Darknet, load_weights, model_from_checkpoint, save_checkpoint
+from utils.errors import SlimError, cli_main
+from utils.io import refuse_overwrite
+
+CHECKPOINT_EXTS = (".pt", ".pth")
+
+
+def is_checkpoint(path):
+    return os.fspath(path).lower().endswith(CHECKPOINT_EXTS)
+
+
+def build_model(cfg, weights, cutoff=None):
+    """The model the input describes: from --cfg when given, else from the cfg inside our .pt."""
+    if cfg:
+        model = Darknet(cfg)
+        return load_weights(model, weights, cutoff if not is_checkpoint(weights) else None)
+    if not is_checkpoint(weights):
+        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
+    return model_from_checkpoint(weights)
+
+
+def convert(cfg, weights, out, cutoff=None):
+    """Read ``weights`` (with ``cfg``) and write ``out`` in the format its extension names."""
+    if not os.path.isfile(weights):
+        raise SlimError(f"{weights}: input weights file not found; check --weights")
+    refuse_overwrite(out, weights, cfg)
+    if cutoff is not None and cutoff <= 0:
+        raise SlimError(f"--cutoff {cutoff}: must be a positive layer count")
+    model = build_model(cfg, weights, cutoff)
+    if cutoff is not None and cutoff > len(model.module_defs):
+        raise SlimError(f"--cutoff {cutoff}: the cfg has only {len(model.module_defs)} layers")
+    if is_checkpoint(out):
+        # the whole model goes into a .pt; a cutoff only limited what was read from a backbone file
+        extra = {"cutoff": cutoff} if cutoff is not None and not is_checkpoint(weights) else {}
+        save_checkpoint(model.checkpoint(**extra), out)
+    else:
+        model.save_darknet_weights(out, cutoff)
+    return model
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Convert between Darknet .weights and PyTorch .pt (by extension).")
+    p.add_argument("--cfg", default=None, help="Darknet .cfg of the model (optional for our .pt inputs)")
+    p.add_argument("--weights", required=True, help="input: .weights (Darknet) or .pt (ours)")
+    p.add_argument("--out", required=True, help="output: .pt/.pth for a checkpoint, anything else for Darknet")
+    p.add_argument("--cutoff", type=int, default=None,
+                   help="only the layers before this index (backbone files such as darknet53.conv.74)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model = convert(args.cfg, args.weights, args.out, args.cutoff)
+    kind = "checkpoint" if is_checkpoint(args.out) else "Darknet weights"
+    print(f"wrote {args.out} ({kind}, {os.path.getsize(args.out):,} bytes, "
+          f"{len(model.module_defs)} layers{'' if args.cutoff is None else f', cutoff {args.cutoff}'})")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,382 @@
+"""A catalogue of bad inputs: each one must fail with our own error, in one line that names the file.
+
+Users meet these every day (a typo in a cfg, weights of another cfg, a truncated download, a
+pruned cfg with the original weights). The toolkit must answer with a SlimError subclass whose
+message says which file, which line or layer, and what to do, and the command-line tools must
+print exactly that line (``error: ...``) and exit 2, never a traceback.
+"""
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from models import Darknet, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from utils.errors import CfgError, DataError, SlimError, WeightsError  # noqa: E402
+from utils.parse_config import parse_model_cfg  # noqa: E402
+
+# A small but complete network: conv+BN, maxpool, a residual shortcut, a route, upsample, one head.
+SMALL_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[shortcut]
+from=-2
+activation=linear
+
+[route]
+layers=-1,1
+
+[upsample]
+stride=1
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def edit(text, old, new):
+    assert text.count(old) >= 1, old
+    return text.replace(old, new, 1)
+
+
+def expect(error_type, fn, *patterns):
+    """Run ``fn``; it must raise ``error_type`` with a one-line message matching every pattern."""
+    with pytest.raises(SlimError) as info:
+        fn()
+    assert isinstance(info.value, error_type), f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value)
+    assert "\n" not in message.strip(), message
+    for pattern in patterns:
+        assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
+    return message
+
+
+def build(path):
+    return lambda: Darknet(path)
+
+
+def small_model(tmp_path, cfg_text=SMALL_CFG, name="small.cfg"):
+    torch.manual_seed(0)
+    model = Darknet(write(tmp_path, name, cfg_text))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_small_cfg_is_valid(tmp_path):
+    model = small_model(tmp_path)
+    model.eval()
+    io, _ = model(torch.zeros(1, 3, 64, 64))
+    assert io.shape[-1] == 6
+
+
+# ----------------------------------------------------------------------------- cfg text
+@pytest.mark.parametrize("old, new, line, words", [
+    ("[maxpool]\nsize=2", "[maxpool]\nsize 2", 15, "key=value"),                # no '='
+    ("[net]\nwidth=64", "width=64\n[net]", 1, r"before the first \[section\]"),  # key before any section
+    ("[maxpool]", "[maxpool", 14, "malformed section header"),                   # bad header
+    ("[maxpool]", "[foo]", 14, r"\[foo\].*not supported"),                       # unknown section
+    ("filters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n[maxpool]",
+     "filters=abc\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n[maxpool]", 6, r"filters='abc' must be an integer"),
+    ("size=3", "size=1.5", 6, r"size=1\.5 must be an integer"),
+    ("filters=8\nsize=3\nstride=1\npad=1\nactivation=leaky\n\n[maxpool]",
+     "size=3\nstride=1\npad=1\nactivation=leaky\n\n[maxpool]", 6, r"missing 'filters='"),
+])
+def test_malformed_cfg_names_file_and_line(tmp_path, old, new, line, words):
+    path = write(tmp_path, "bad.cfg", edit(SMALL_CFG, old, new))
+    expect(CfgError, build(path), re.escape(path) + f":{line}\\b", words)
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("layers=-1,1", "layers=-1,40", r"layers=40 points to layer 40"),          # absolute, past the end
+    ("layers=-1,1", "layers=-9,1", r"layers=-9 points to layer -5"),           # relative, before layer 0
+    ("layers=-1,1", "layers=-1,4", r"layers=4 points to layer 4"),             # itself: not an earlier layer
+    ("from=-2", "from=-7", r"from=-7 points to layer -4"),                      # relative shortcut
+    ("from=-2", "from=12", r"from=12 points to layer 12"),                      # absolute shortcut
+])
+def test_routes_and_shortcuts_outside_the_network(tmp_path, old, new, words):
+    path = write(tmp_path, "links.cfg", edit(SMALL_CFG, old, new))
+    kind = "route" if "layers" in old else "shortcut"
+    expect(CfgError, build(path), re.escape(path) + r":\d+ \[" + kind + r"\]", words)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("classes=1", "classes=2"),           # 3 * (2 + 5) = 21, not 18
+    ("mask=0,1,2", "mask=0,1"),           # 2 * (1 + 5) = 12, not 18
+    ("filters=18", "filters=255"),        # the COCO head left in a 1-class cfg
+])
+def test_yolo_filters_inconsistent_with_classes_and_mask(tmp_path, old, new):
+    path = write(tmp_path, "head.cfg", edit(SMALL_CFG, old, new))
+    expect(CfgError, build(path), re.escape(path) + r":\d+ \[yolo\]", r"set filters to")
+
+
+def test_yolo_mask_selecting_missing_anchors(tmp_path):
+    path = write(tmp_path, "mask.cfg", edit(SMALL_CFG, "mask=0,1,2", "mask=1,2,3"))
+    expect(CfgError, build(path), re.escape(path), r"mask=.*anchors that do not exist")
+
+
+def test_cfg_that_is_not_text_or_missing(tmp_path):
+    weights = write(tmp_path, "model.weights", bytes(range(256)) * 8)
+    expect(CfgError, lambda: parse_model_cfg(weights), re.escape(weights), "not a text file")
+    expect(CfgError, lambda: parse_model_cfg(str(tmp_path / "nope.cfg")), "nope.cfg", "not found")
+
+
+# ----------------------------------------------------------------------------- .weights
+@pytest.fixture
+def small_weights(tmp_path):
+    """(cfg path, valid .weights bytes) of the small network."""
+    model = small_model(tmp_path)
+    return str(tmp_path / "small.cfg"), model.darknet_weights_bytes()
+
+
+def load_into_small(cfg, weights_path):
+    return lambda: load_model(cfg, weights_path)
+
+
+def test_valid_small_weights_load(tmp_path, small_weights):
+    cfg, blob = small_weights
+    model = load_model(cfg, write(tmp_path, "ok.weights", blob))
+    assert model.darknet_weights_bytes() == blob
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda b: b[:-4], r"too short: it stops inside layer \d+"),
+    (lambda b: b[:20 + (len(b) - 20) // 8 * 4], r"too short"),
+    (lambda b: b + b"\0" * 4, r"too long"),
+    (lambda b: b + b"\0" * 3, r"not a whole number of float32s"),
+    (lambda b: b[:10], r"too short for a Darknet header"),
+    (lambda b: np.int32(-7).tobytes() + b[4:], r"header version .* is not Darknet's"),
+    (lambda b: np.int32(2 ** 30).tobytes() + b[4:], r"header version .* is not Darknet's"),
+])
+def test_bad_weights_files(tmp_path, small_weights, change, words):
+    cfg, blob = small_weights
+    path = write(tmp_path, "bad.weights", change(blob))
+    expect(WeightsError, load_into_small(cfg, path), re.escape(path), words)
+
+
+def test_pruned_cfg_with_the_original_weights(tmp_path, small_weights):
+    """A cfg with one conv's filters halved, given the unpruned .weights: refused, not garbled."""
+    cfg, blob = small_weights
+    original = write(tmp_path, "original.weights", blob)
+    pruned = edit(edit(SMALL_CFG, "filters=8", "filters=4"), "filters=8", "filters=4")  # shortcut widths stay equal
+    pruned_cfg = write(tmp_path, "pruned.cfg", pruned)
+    expect(WeightsError, load_into_small(pruned_cfg, original), re.escape(original), "pruned cfg needs its own")
+
+
+def test_negative_bn_variance_means_another_cfg(tmp_path, small_weights):
+    """Same float count, different layout: the BN variances land on conv weights and go negative."""
+    cfg, blob = small_weights
+    floats = np.frombuffer(blob[20:], "<f4").copy()
+    floats[24:32] = -1.0  # the first BN's running variances (after 8 beta, 8 gamma, 8 mean)
+    path = write(tmp_path, "shuffled.weights", blob[:20] + floats.tobytes())
+    expect(WeightsError, load_into_small(cfg, path), re.escape(path), r"layer 0 has negative BN variances")
+
+
+# ----------------------------------------------------------------------------- .pt
+def test_checkpoint_from_another_cfg(tmp_path):
+    model = small_model(tmp_path)
+    path = str(tmp_path / "small.pt")
+    save_checkpoint(model.checkpoint(), path)
+    other = write(tmp_path, "other.cfg", edit(edit(SMALL_CFG, "filters=8", "filters=4"), "filters=8", "filters=4"))
+    expect(WeightsError, lambda: load_model(other, path), re.escape(path), "saved from another cfg")
+
+
+def test_checkpoint_with_non_tensor_values(tmp_path):
+    model = small_model(tmp_path)
+    state = {k: v.tolist() for k, v in model.state_dict().items()}
+    path = str(tmp_path / "lists.pt")
+    torch.save({"model": state}, path)
+    expect(WeightsError, lambda: load_model(str(tmp_path / "small.cfg"), path), re.escape(path))
+
+
+@pytest.mark.parametrize("extra", [
+    {"version": "abc"}, {"version": [0, 2]}, {"version": [2 ** 40, 0, 0]}, {"seen": "many"}, {"model": 5},
+    {"model": [1, 2]},
+])
+def test_checkpoint_with_odd_entries(tmp_path, extra):
+    """A .pt that unpickles safely but whose entries are not what we write."""
+    model = small_model(tmp_path)
+    path = str(tmp_path / "odd.pt")
+    torch.save({**model.checkpoint(), **extra}, path)
+    expect(WeightsError, lambda: load_model(str(tmp_path / "small.cfg"), path), re.escape(path))
+
+
+@pytest.mark.parametrize("cfg", [5, None, b"[net]"])
+def test_checkpoint_whose_cfg_is_not_text(tmp_path, cfg):
+    from models import model_from_checkpoint
+    path = str(tmp_path / "nocfg.pt")
+    torch.save({**small_model(tmp_path).checkpoint(), "cfg": cfg}, path)
+    expect(WeightsError, lambda: model_from_checkpoint(path), re.escape(path), "no cfg inside")
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def malicious_files(tmp_path):
+    """A zip checkpoint (torch.save) and a bare pickle, both carrying the payload."""
+    marker = tmp_path / "pwned"
+    as_zip, as_pickle = str(tmp_path / "evil.pt"), str(tmp_path / "evil_raw.pt")
+    torch.save({"model": Payload(marker)}, as_zip)
+    with open(as_pickle, "wb") as f:
+        pickle.dump({"model": Payload(marker)}, f, protocol=2)
+    return marker, [as_zip, as_pickle]
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker, files = malicious_files(tmp_path)
+    for path in files:
+        expect(WeightsError, lambda p=path: load_checkpoint(p), re.escape(path), "cannot be loaded safely")
+        expect(WeightsError, lambda p=path: load_model(write(tmp_path, "small.cfg", SMALL_CFG), p), re.escape(path))
+        assert not marker.exists(), "the pickle's code ran"
+
+
+def test_garbage_pt_file(tmp_path):
+    path = write(tmp_path, "garbage.pt", b"PK\x03\x04 not really a zip" * 10)
+    expect(WeightsError, lambda: load_checkpoint(path), re.escape(path))
+
+
+# ----------------------------------------------------------------------------- data sets
+def test_empty_image_list(tmp_path):
+    from utils.datasets import LoadImagesAndLabels
+    listing = write(tmp_path, "train.txt", "\n# nothing here\n")
+    expect(DataError, lambda: LoadImagesAndLabels(listing, img_size=64), re.escape(listing), "empty")
+
+
+@pytest.mark.parametrize("line, words", [
+    ("0 0.5 0.5 0.2", "expected 5 values"),
+    ("0 0.5 abc 0.2 0.2", "not a number"),
+    ("0 0.5 0.5 1.7 0.2", "outside"),
+])
+def test_label_file_with_a_bad_line(tmp_path, line, words):
+    import cv2
+    from utils.datasets import LoadImagesAndLabels
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    label = write(tmp_path, "labels/a.txt", f"0 0.5 0.5 0.1 0.1\n{line}\n")
+    listing = write(tmp_path, "train.txt", "images/a.jpg\n")
+    expect(DataError, lambda: LoadImagesAndLabels(listing, img_size=64, nc=1), re.escape(label) + ":2", words)
+
+
+# ----------------------------------------------------------------------------- command lines
+def run_cli(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(done, *patterns):
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for pattern in patterns:
+        assert re.search(pattern, lines[0]), (pattern, lines[0])
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, small_weights):
+    """One subprocess per tool and case: each costs ~2 s of imports, so only the telling ones."""
+    cfg, blob = small_weights
+    good = write(tmp_path, "good.weights", blob)
+    short = write(tmp_path, "short.weights", blob[:-8])
+    marker, (evil, _) = malicious_files(tmp_path)
+    unknown = write(tmp_path, "unknown.cfg", edit(SMALL_CFG, "[maxpool]", "[foo]"))
+    image = tmp_path / "img.jpg"
+    import cv2
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+
+    assert_one_line_error(run_cli("convert.py", "--cfg", cfg, "--weights", short, "--out", tmp_path / "o.pt"),
+                          re.escape(short), "too short")
+    assert_one_line_error(run_cli("convert.py", "--cfg", cfg, "--weights", evil, "--out", tmp_path / "o.weights"),
+                          re.escape(evil), "cannot be loaded safely")
+    assert not marker.exists()
+    before = open(good, "rb").read()
+    assert_one_line_error(run_cli("convert.py", "--cfg", cfg, "--weights", good, "--out", good),
+                          "overwrite the input")
+    assert open(good, "rb").read() == before
+    assert_one_line_error(run_cli("detect.py", "--cfg", unknown, "--weights", good, "--source", image,
+                                  "--out", tmp_path / "det"), re.escape(unknown) + r":\d+ \[foo\]")
+    assert_one_line_error(run_cli("detect.py", "--cfg", cfg, "--weights", good, "--source", tmp_path / "none*.jpg",
+                                  "--out", tmp_path / "det"), "no images found")
+    assert not (tmp_path / "o.pt").exists() and not (tmp_path / "o.weights").exists()
+
+
+def test_convert_refuses_to_overwrite_its_inputs(tmp_path, small_weights):
+    import convert
+    cfg, blob = small_weights
+    good = write(tmp_path, "good.weights", blob)
+    expect(SlimError, lambda: convert.convert(cfg, good, good), "overwrite the input")
+    expect(SlimError, lambda: convert.convert(cfg, good, cfg), "overwrite the input")
+    os.symlink(good, tmp_path / "alias.weights")
+    expect(SlimError, lambda: convert.convert(cfg, good, str(tmp_path / "alias.weights")), "overwrite the input")
+    assert open(good, "rb").read() == blob
+
+
+def test_convert_backbone_cutoff(tmp_path, small_weights):
+    """--cutoff writes only the first layers; reading that file back needs the same cutoff."""
+    import convert
+    cfg, blob = small_weights
+    good = write(tmp_path, "good.weights", blob)
+    backbone = str(tmp_path / "small.conv.3")
+    convert.convert(cfg, good, backbone, cutoff=3)
+    model = load_model(cfg)
+    n = model.darknet_float_count(cutoff=3)
+    assert os.path.getsize(backbone) == 20 + 4 * n and open(backbone, "rb").read() == blob[:20 + 4 * n]
+    expect(WeightsError, lambda: load_model(cfg, backbone), re.escape(backbone), "needs --cutoff")
+    load_model(cfg, backbone, cutoff=3)
+    expect(SlimError, lambda: convert.convert(cfg, good, str(tmp_path / "x.weights"), cutoff=99), "--cutoff 99")
