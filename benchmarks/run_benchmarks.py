@@ -57,6 +57,8 @@ def parse_args():
     p.add_argument("--lr0", type=float, default=0.003)
     p.add_argument("--latency-runs", type=int, default=30)
     p.add_argument("--only", choices=["narrow", "tiny"], help="benchmark one model only")
+    p.add_argument("--latency-only", action="store_true",
+                   help="re-time every model of a finished run (in --work) on a quiet machine, rewrite the report")
     args = p.parse_args()
     if args.quick:
         args.work, args.n_train, args.n_val = args.work + "-quick", 64, 32
@@ -102,7 +104,7 @@ def bench_model(args, name, cfg, data, methods, epochs):
     for m in methods:
         t0 = time.time()
         _, compact, _ = prune_checkpoint(sparse["last"], m)
-        slug = m.name.replace(" ", "_").replace("^", "").replace("+", "_")
+        slug = slug_of(m.name)
         cfg_p, w_p = save_pruned(compact, os.path.join(work, "pruned", slug), slug)
         row = {"method": m.name, "percent": m.percent, "blocks": m.n_blocks,
                **measure(compact, data, args.img_size, cfg_p, w_p, args.latency_runs)}
@@ -215,6 +217,8 @@ def method_table(result):
 
 def write_report(args, results, path):
     cmd = "python benchmarks/run_benchmarks.py" + (" --quick" if args.quick else "")
+    if results.get("retimed"):
+        cmd += "` then `python benchmarks/run_benchmarks.py --latency-only"
     parts = [f"# Benchmarks\n\nEvery figure below is written by `{cmd}` ({results['wall_min']:.0f} min). "
              f"Machine: {machine_line()}. Latency: batch 1, CPU, median of {args.latency_runs} runs after 5 "
              f"warm-up runs, original and pruned models timed in the same process. Data: the synthetic "
@@ -261,8 +265,59 @@ def write_report(args, results, path):
         f.write("\n".join(parts))
 
 
+def slug_of(method_name):
+    """Folder/file name of a method: 'regular 2^n' -> 'regular_2n'."""
+    return method_name.replace(" ", "_").replace("^", "").replace("+", "_")
+
+
+def pruned_paths(work, name, method):
+    slug = slug_of(method)
+    folder = os.path.join(work, name, "pruned", slug)
+    return os.path.join(folder, f"{slug}.cfg"), os.path.join(folder, f"{slug}.weights")
+
+
+def retime(args):
+    """Latency again for every row of a finished run, original and pruned timed in turn.
+
+    Training in the same run (or anything else on the machine) can disturb the first
+    figures; this pass loads the written .cfg/.weights pairs and times nothing else.
+    """
+    from models import load_model
+    from utils.opencv_dnn import read_net
+    from utils.torch_utils import opencv_latency_ms, torch_latency_ms
+    with open(os.path.join(args.work, "results.json")) as f:
+        results = json.load(f)
+    for name in ("narrow", "tiny"):
+        if name not in results:
+            continue
+        for row in results[name]["rows"]:
+            if row["method"].startswith("original"):
+                cfg_p = os.path.join(args.work, name, "sparse", "model.cfg")
+                w_p = os.path.join(args.work, name, "sparse", "last.weights")
+            else:
+                cfg_p, w_p = pruned_paths(args.work, name, row["method"])
+            model = load_model(cfg_p, w_p, args.img_size)
+            row["torch_ms"] = torch_latency_ms(model, args.img_size, warmup=5, runs=args.latency_runs)
+            row["opencv_ms"] = opencv_latency_ms(read_net(cfg_p, w_p), args.img_size, warmup=5,
+                                                 runs=args.latency_runs)
+            print(f"[{name}] {row['method']}: torch {row['torch_ms']:.2f} ms, OpenCV {row['opencv_ms']:.2f} ms")
+    if "input_size" in results:
+        cfg_s = os.path.join(args.work, "narrow", "input-size", "shortcut-finetuned.cfg")
+        w_s = os.path.join(args.work, "narrow", "input-size", "shortcut-finetuned.weights")
+        for row in results["input_size"]:
+            model = load_model(cfg_s, w_s, row["img_size"])
+            row["torch_ms"] = torch_latency_ms(model, row["img_size"], warmup=5, runs=args.latency_runs)
+            row["opencv_ms"] = opencv_latency_ms(read_net(cfg_s, w_s), row["img_size"], warmup=5,
+                                                 runs=args.latency_runs)
+    results["retimed"] = True
+    wall = results["wall_min"]
+    finish(args, results, time.time() - wall * 60)
+
+
 def main():
     args = parse_args()
+    if args.latency_only:
+        return retime(args)
     t0 = time.time()
     data = ensure_data(os.path.join(args.work, "data"), args.n_train, args.n_val, args.img_size)
     results = {}

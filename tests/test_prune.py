@@ -186,3 +186,19 @@ def test_ratio_beyond_safe_limit_refused_with_safe_ratio(models):
         prune(model, POLICIES["tiny"], percent=0.5)
     compact, (plan,) = prune(model, POLICIES["tiny"], percent=0.5, layer_keep=0.1)
     assert min(int(m.sum()) for m in plan.masks.values()) >= 1
+
+
+def test_insufficient_sparsity_is_reported_with_figures(models, capsys):
+    from utils.prune_cli import sparsity_report
+    model = copy.deepcopy(models("yolov3-tiny"))
+    graph = analyze(model.module_defs)
+    near = sparsity_report(model, graph, POLICIES["tiny"], 0.5)   # random gammas: none near zero
+    out = capsys.readouterr().out
+    assert near == 0.0 and "0.0% of" in out and "does not look sparsity-trained" in out
+    with torch.no_grad():  # a sparsity-trained model: 60% of gammas pushed to ~0
+        for c in graph.prunable:
+            bn = model.module_list[c].BatchNorm2d
+            bn.weight[: int(0.6 * bn.num_features)] = 1e-4
+    near = sparsity_report(model, graph, POLICIES["tiny"], 0.5)
+    out = capsys.readouterr().out
+    assert near > 0.55 and "does not look sparsity-trained" not in out
