@@ -14,11 +14,15 @@ functions of (--seed, epoch, batch), so a run resumed from last.pt, even one int
 the middle of an epoch, continues exactly as the uninterrupted run would (bit for bit on CPU
 with --workers 0; with worker processes, augmentation randomness lives in the workers).
 """
-import argparse
-import csv
-import io
-import math
 import os
+
+# Before torch starts OpenMP: busy-waiting threads on a shared or oversubscribed CPU were
+# measured up to 60x slower than passive ones (set the variable yourself to override).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402  (imports below follow the environment setting on purpose)
+import csv
+import math
 import random
 import signal
 import sys
@@ -37,7 +41,7 @@ from utils.datasets import LoadImagesAndLabels
 from utils.distill import check_compatible, distillation_loss, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
 from utils.io import atomic_write
-from utils.loss import compute_loss, default_hyp, init_head_biases, unwrap
+from utils.loss import compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
@@ -371,7 +375,15 @@ class Trainer:
 
     def __init__(self, opt, on_batch_end=None):
         self.opt, self.on_batch_end = opt, on_batch_end
-        self.ddp = Dist()
+        self.ddp, self.tb = Dist(), None
+        self.threads_before = torch.get_num_threads()   # restored by close(): in-process callers keep theirs
+        try:
+            self._setup(opt)
+        except BaseException:
+            self.close()       # no process group or thread setting left behind by a failed start
+            raise
+
+    def _setup(self, opt):
         self.device = select_device(opt.device, self.ddp)
         self.ddp.init(self.device)
         if opt.threads:
@@ -585,6 +597,7 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         self.ddp.close()
+        torch.set_num_threads(self.threads_before)
 
 
 def train(opt, on_batch_end=None):
