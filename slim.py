@@ -32,8 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=10, help="normal training epochs")
-    p.add_argument("--sparse-epochs", type=int, default=4)
-    p.add_argument("--s", type=float, default=0.005, help="sparsity strength")
+    p.add_argument("--sparse-epochs", type=int, default=8)
+    p.add_argument("--s", type=float, default=0.02,
+                   help="sparsity strength (constant, with a constant LR: under Adam a gamma moves about lr "
+                        "per step, so a decaying LR stops the collapse; see docs/TRAINING.md)")
     p.add_argument("--finetune-epochs", type=int, default=4)
     p.add_argument("--method", choices=["normal", "regular-x8", "shortcut", "layer-channel"], default="shortcut")
     p.add_argument("--percent", type=float, default=0.7)
@@ -69,7 +71,8 @@ def main(argv=None):
 
     stage("3/6 sparsity training (L1 on BN gamma, --prune 1)")
     sparse = run_training(os.path.join(args.out, "sparse"), None, data, args.sparse_epochs, weights=base["last"],
-                          extra=optim + ["-sr", "--s", args.s, "--prune", 1, "--sr-schedule", "linear"], **common)
+                          extra=optim + ["-sr", "--s", args.s, "--prune", 1, "--sr-schedule", "constant", "--lrf", 1.0],
+                          **common)
 
     stage(f"4/6 prune ({args.method}, percent {args.percent})")
     method = method_for(args)
