@@ -15,11 +15,10 @@ def main(argv=None):
     if args.multiple < 0:
         p.error("--multiple must be >= 0")
     if args.multiple:
-        name = f"regular-x{args.multiple}"
-        POLICIES.setdefault(name, Policy(name, rounding="multiple", multiple=args.multiple))
+        policy = Policy(f"regular-x{args.multiple}", rounding="multiple", multiple=args.multiple)
     else:
-        name = "regular-pow2"
-    return run_prune(args, name, name)
+        policy = POLICIES["regular-pow2"]
+    return run_prune(args, policy, policy.name)
 
 
 if __name__ == "__main__":

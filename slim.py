@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 
 from utils.errors import SlimError, cli_main
 from utils.io import atomic_write
@@ -90,11 +89,10 @@ def main(argv=None):
 
     stage("6/6 deploy check and measurements")
     from models import load_model
-    from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+    from utils.opencv_dnn import max_difference_from_opencv
     final = load_model(pruned_cfg, tuned["last"], args.img_size).eval()
     final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned")
-    x = np.random.default_rng(0).random((1, 3, args.img_size, args.img_size), dtype=np.float32)
-    diff = max_layout_difference(torch_in_opencv_layout(final, x), opencv_forward(read_net(final_cfg, final_weights, exact=True), x))
+    diff = max_difference_from_opencv(final, final_cfg, final_weights, args.img_size)
     print(f"OpenCV DNN reads {final_cfg} + {final_weights}: max |diff| vs PyTorch {diff:.2e}")
 
     rows = {

@@ -83,3 +83,10 @@ def max_layout_difference(ours, theirs):
         if shown.any():
             worst = max(worst, float(np.abs(a[:, 5:][shown] - b[:, 5:][shown]).max()))
     return worst
+
+
+def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
+    """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input)."""
+    x = np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+    return max_layout_difference(torch_in_opencv_layout(model, x),
+                                 opencv_forward(read_net(cfg_path, weights_path, exact=True), x))

@@ -7,17 +7,16 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 
 from models import load_model
 from utils.errors import PruneError
 from utils.io import atomic_write
-from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from utils.opencv_dnn import max_difference_from_opencv
+from utils.pipeline import measure
 from utils.prune_graph import analyze
 from utils.prune_report import channel_table, comparison_table
 from utils.prune_utils import POLICIES, make_units, prune, unit_scores, write_pruned
-from utils.torch_utils import count_flops, count_params, opencv_latency_ms, torch_latency_ms
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
 
@@ -32,7 +31,6 @@ def base_parser(description, percent_default=0.5):
                    help="keep at least this fraction of every layer (allows a percent past the safe limit)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the cfg's [net] width)")
     p.add_argument("--out", default=None, help="output folder (default: runs/prune/<cfg>-<method>-<percent>)")
-    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs for each latency median (0 = skip)")
     return p
 
@@ -61,46 +59,13 @@ def sparsity_report(model, graph, policy, percent):
     return near
 
 
-def measure(model, args, cfg_path=None, weights_path=None, evaluate=None):
-    """Parameters, FLOPs, latencies (median of --latency-runs) and optional mAP."""
-    size = args.img_size or model.img_size[0]
-    m = {"params": count_params(model), "GFLOPs": count_flops(model, size) / 1e9}
-    if weights_path:
-        m["weights MB"] = os.path.getsize(weights_path) / 1e6
-    if args.latency_runs:
-        m["torch ms"] = torch_latency_ms(model, size, runs=args.latency_runs)
-        if cfg_path and weights_path:
-            m["opencv ms"] = opencv_latency_ms(read_net(cfg_path, weights_path), size, runs=args.latency_runs)
-    if evaluate:
-        m["mAP@0.5"] = evaluate(model)
-    return m
-
-
-def verify_in_opencv(compact, cfg_path, weights_path, size):
-    """Max |difference| between OpenCV's reading of the written pair and the compact model."""
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    ours = torch_in_opencv_layout(compact, x)
-    theirs = opencv_forward(read_net(cfg_path, weights_path, exact=True), x)
-    return max_layout_difference(ours, theirs)
-
-
-def make_evaluator(args):
-    if not args.data:
-        return None
-    from test import evaluate
-
-    def run(model):
-        return float(evaluate(model, args.data, img_size=args.img_size or model.img_size[0],
-                              batch_size=args.batch_size, verbose=False)["mAP50"])
-    return run
-
-
-def run_prune(args, policy_name, method, n_blocks=0, channels=True):
+def run_prune(args, policy, method, n_blocks=0, channels=True):
     """The whole prune run behind every script. Returns the summary dict it also writes.
 
-    ``channels=False`` skips channel pruning (layer removal only).
+    ``policy`` is a Policy or the name of one in POLICIES; ``channels=False`` skips channel
+    pruning (layer removal only).
     """
-    policy = POLICIES[policy_name]
+    policy = POLICIES[policy] if isinstance(policy, str) else policy
     percent = args.percent if channels else None
     if percent is not None and not 0 < percent < 1:
         raise PruneError(f"--percent {percent} is outside (0, 1); pass a fraction such as 0.5")
@@ -120,16 +85,19 @@ def run_prune(args, policy_name, method, n_blocks=0, channels=True):
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     cfg_out, weights_out = write_pruned(compact, folder, f"{stem}-{method}")
     size = args.img_size or model.img_size[0]
-    diff = verify_in_opencv(compact, cfg_out, weights_out, size)
+    diff = max_difference_from_opencv(compact, cfg_out, weights_out, size)
     print(f"wrote {cfg_out} and {weights_out}; OpenCV DNN reads them back with max |diff| {diff:.2e} "
           f"(surgery {surgery_s:.2f} s)")
     if diff > 1e-3:
         raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g}; please report this")
 
-    evaluate = make_evaluator(args)
-    before = measure(model, args, args.cfg if not args.weights.endswith(".pt") else None,
-                     args.weights if not args.weights.endswith(".pt") else None, evaluate)
-    after = measure(compact, args, cfg_out, weights_out, evaluate)
+    darknet_input = not args.weights.endswith(".pt")  # a .pt has no Darknet pair for OpenCV to time
+    before = measure(model, args.data, size, args.cfg if darknet_input else None,
+                     args.weights if darknet_input else None, args.latency_runs)
+    after = measure(compact, args.data, size, cfg_out, weights_out, args.latency_runs)
+    after["weights_MB"] = os.path.getsize(weights_out) / 1e6
+    if darknet_input:
+        before["weights_MB"] = os.path.getsize(args.weights) / 1e6
     print(comparison_table(before, after))
     summary = {"method": method, "cfg": args.cfg, "weights": args.weights, "percent": args.percent,
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,

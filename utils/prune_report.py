@@ -30,13 +30,14 @@ def channel_table(model, plans):
 def comparison_table(before, after):
     """before/after: dicts of metric name -> value (None = not measured)."""
     rows = [["metric", "original", "pruned", "change"]]
-    for key, fmt in (("mAP@0.5", "{:.4f}"), ("params", "{:,}"), ("GFLOPs", "{:.3f}"),
-                     ("torch ms", "{:.2f}"), ("opencv ms", "{:.2f}"), ("weights MB", "{:.2f}")):
+    for key, label, fmt in (("mAP50", "mAP@0.5", "{:.4f}"), ("params", "params", "{:,}"),
+                            ("GFLOPs", "GFLOPs", "{:.3f}"), ("torch_ms", "torch ms", "{:.2f}"),
+                            ("opencv_ms", "opencv ms", "{:.2f}"), ("weights_MB", "weights MB", "{:.2f}")):
         a, b = before.get(key), after.get(key)
         if a is None and b is None:
             continue
         change = ""
         if a not in (None, 0) and b is not None:
-            change = f"{b - a:+.4f}" if key == "mAP@0.5" else f"x{a / b:.2f}" if b else ""
-        rows.append([key, "-" if a is None else fmt.format(a), "-" if b is None else fmt.format(b), change])
+            change = f"{b - a:+.4f}" if key == "mAP50" else f"x{a / b:.2f}" if b else ""
+        rows.append([label, "-" if a is None else fmt.format(a), "-" if b is None else fmt.format(b), change])
     return _table(rows, " before / after ")
