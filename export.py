@@ -32,7 +32,7 @@ def export_onnx(model, path, img_size, opset=13):
     names = ["detections"] + [f"head{k}" for k in range(len(model.yolo_layers))]
     with warnings.catch_warnings(), atomic_write(path, "wb") as f:
         warnings.simplefilter("ignore")  # the tracer's constant-folding notes are not for users
-        torch.onnx.export(_Exportable(model), torch.zeros(1, 3, h, w), f, dynamo=False, opset_version=opset,
+        torch.onnx.export(_Exportable(model), torch.zeros(1, model.in_channels, h, w), f, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=names)
     return names
 
@@ -41,7 +41,7 @@ def onnx_max_difference(model, path, img_size, seed=0):
     """Largest difference between onnxruntime and PyTorch on a random input, relative to
     max(1, |value|): boxes are in pixels, so absolute float error grows with the input size."""
     import onnxruntime as ort
-    x = np.random.default_rng(seed).random((1, 3, img_size, img_size), dtype=np.float32)
+    x = np.random.default_rng(seed).random((1, model.in_channels, img_size, img_size), dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     theirs = session.run(None, {"images": x})
     with torch.no_grad():

@@ -1,303 +1,38 @@
 """Build a PyTorch model from Darknet ``module_defs``, and read/write Darknet ``.weights``.
 
-The model computes what Darknet computes: BN eps, maxpool padding, route groups and
-``scale_x_y`` decoding follow Darknet, and the tests compare raw YOLO outputs with
-OpenCV DNN's Darknet importer.
+The model computes what Darknet computes: each section type is a kind in utils/layers.py
+(BN eps, maxpool padding, route groups, shortcut widths, YOLO decoding), and the tests
+compare raw YOLO outputs with OpenCV DNN's Darknet importer.
 """
 import copy
 import os
-from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from utils.errors import CfgError, WeightsError
 from utils.io import atomic_write
+from utils.layers import YOLOLayer, check_section, get_int, kind_of, layer_shapes, layer_sources  # noqa: F401
 from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
 
-# pjreddie Darknet divides by sqrt(var) + 1e-6 and OpenCV by sqrt(var + 1e-6); both agree with
-# this to ~1e-6 on real weights. AlexeyAB uses sqrt(var + 1e-5): the difference shows only where a
-# channel's variance is tiny. Measured on COCO yolov3-tiny: eps 1e-5 is 1.5e-4 off OpenCV, 1e-6 is 3e-6.
-BN_EPS = 1e-6
-BN_MOMENTUM = 0.03     # PyTorch convention (1 - Darknet's .97 rolling average)
 DEFAULT_VERSION = (0, 2, 5)
-SUPPORTED = {"convolutional", "shortcut", "route", "upsample", "maxpool", "yolo", "dropout"}
-
-
-# ----------------------------------------------------------------------------- layers
-class Mish(nn.Module):
-    def forward(self, x):
-        return x * torch.tanh(F.softplus(x))
-
-
-class DarknetMaxPool(nn.Module):
-    """Darknet maxpool: pads ``size-1`` (or ``padding``) with -inf, the extra row/col at bottom/right."""
-
-    def __init__(self, size, stride, padding):
-        super().__init__()
-        self.size, self.stride = size, stride
-        self.pad = (padding // 2, padding - padding // 2) * 2  # left, right, top, bottom
-
-    def forward(self, x):
-        if any(self.pad):
-            x = F.pad(x, self.pad, value=float("-inf"))
-        return F.max_pool2d(x, self.size, self.stride)
-
-
-class Upsample(nn.Module):
-    def __init__(self, scale):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=self.scale, mode="nearest")
-
-
-class Route(nn.Module):
-    """Concatenate earlier outputs; with ``groups`` take slice ``group_id`` of each input."""
-
-    def __init__(self, layers, groups=1, group_id=0):
-        super().__init__()
-        self.layers, self.groups, self.group_id = layers, groups, group_id
-
-    def forward(self, outputs):
-        parts = []
-        for i in self.layers:
-            t = outputs[i]
-            if self.groups > 1:
-                t = t.chunk(self.groups, dim=1)[self.group_id]
-            parts.append(t)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-
-
-class Shortcut(nn.Module):
-    def __init__(self, source, activation):
-        super().__init__()
-        self.source = source
-        self.activation = activation
-
-    def forward(self, x, outputs):
-        return self.activation(x + outputs[self.source])
-
-
-class YOLOLayer(nn.Module):
-    """Decodes one head the way Darknet's yolo layer does."""
-
-    def __init__(self, anchors, nc, scale_x_y=1.0):
-        super().__init__()
-        # a plain attribute, not a buffer: it comes from the cfg, so it is never saved and
-        # survives models built on the meta device (Darknet.without_init)
-        self.anchors = torch.tensor(anchors, dtype=torch.float32, device="cpu").view(-1, 2)
-        self.na, self.nc, self.no = len(anchors), nc, nc + 5
-        self.scale_x_y = float(scale_x_y)
-
-    def reshape(self, raw):
-        """(B, na*no, ny, nx) -> (B, na, ny, nx, no)."""
-        b, _, ny, nx = raw.shape
-        return raw.view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-
-    def decode(self, p, img_hw):
-        """Raw (B, na, ny, nx, no) -> (B, na*ny*nx, no): xywh in input pixels, obj/cls sigmoid."""
-        b, _, ny, nx, _ = p.shape
-        stride = torch.tensor([img_hw[1] / nx, img_hw[0] / ny], device=p.device)
-        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device), torch.arange(nx, device=p.device), indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(p.dtype)
-        s = self.scale_x_y
-        xy = (torch.sigmoid(p[..., :2]) * s - (s - 1) / 2 + grid) * stride
-        wh = torch.exp(p[..., 2:4]) * self.anchors.to(p.device, p.dtype).view(1, self.na, 1, 1, 2)
-        rest = torch.sigmoid(p[..., 4:])
-        return torch.cat((xy, wh, rest), -1).view(b, -1, self.no)
-
-
-ACTIVATIONS = {
-    "leaky": lambda: nn.LeakyReLU(0.1),
-    "relu": nn.ReLU,
-    "mish": Mish,
-    "swish": nn.SiLU,
-    "logistic": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "linear": None,
-}
-
-
-def make_activation(name, section):
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise CfgError(f"{section.where()}: activation={name} is not supported; use one of {sorted(ACTIVATIONS)}")
-    factory = ACTIVATIONS[name]
-    return factory() if factory else nn.Identity()
-
-
-# ----------------------------------------------------------------------------- graph
-def resolve_layers(section, index, n_layers):
-    """Absolute indices of a route's ``layers=`` (relative ones are counted back from ``index``)."""
-    if "layers" not in section:
-        raise CfgError(f"{section.where()}: route needs 'layers='")
-    values = section["layers"] if isinstance(section["layers"], list) else [section["layers"]]
-    out = []
-    for v in values:
-        if not isinstance(v, int):
-            raise CfgError(f"{section.where()}: layers={section['layers']} must be integers")
-        j = v + index if v < 0 else v
-        if not 0 <= j < index:
-            raise CfgError(f"{section.where()}: layers={v} points to layer {j}, outside 0..{index - 1}; "
-                           f"fix the index (relative ones are negative)")
-        out.append(j)
-    return out
-
-
-def resolve_shortcut(section, index):
-    source = section.get("from")
-    if isinstance(source, list):
-        if len(source) != 1:
-            raise CfgError(f"{section.where()}: shortcut with several 'from' layers is not supported")
-        source = source[0]
-    if not isinstance(source, int):
-        raise CfgError(f"{section.where()}: shortcut needs an integer 'from='")
-    j = source + index if source < 0 else source
-    if not 0 <= j < index:
-        raise CfgError(f"{section.where()}: from={source} points to layer {j}, outside 0..{index - 1}")
-    return j
-
-
-def get_int(section, key, default=None):
-    value = section.get(key, default)
-    if value is None:
-        raise CfgError(f"{section.where()}: missing '{key}='; add it to the section")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CfgError(f"{section.where()}: {key}={value!r} must be an integer")
-    return value
-
-
-# The largest convs of real Darknet models hold ~10**7 weights. A size past this is a typo (a digit
-# too many) and would otherwise fail deep inside torch's allocator, or exhaust memory, with no file named.
-MAX_CONV_WEIGHTS = 2 ** 27
-
-
-def check_conv_size(section, filters, in_per_group, size):
-    n = filters * in_per_group * size * size
-    if n > MAX_CONV_WEIGHTS:
-        raise CfgError(f"{section.where()}: filters={filters} x {in_per_group} input channels x size={size}^2 is "
-                       f"{n:,} weights, over the {MAX_CONV_WEIGHTS:,} limit; is a value a digit too long?")
-
-
-def yolo_anchors(section):
-    anchors = section.get("anchors")
-    if not isinstance(anchors, list) or len(anchors) % 2:
-        raise CfgError(f"{section.where()}: anchors= must be an even-length list of numbers")
-    pairs = [(float(anchors[i]), float(anchors[i + 1])) for i in range(0, len(anchors), 2)]
-    mask = section.get("mask", list(range(len(pairs))))
-    mask = mask if isinstance(mask, list) else [mask]
-    if any(not isinstance(m, int) or not 0 <= m < len(pairs) for m in mask):
-        raise CfgError(f"{section.where()}: mask={section.get('mask')} selects anchors that do not exist")
-    return [pairs[m] for m in mask]
 
 
 def create_modules(module_defs, in_channels):
-    """Build one nn.Module per layer; return (module_list, output channels per layer)."""
-    module_list, out_channels = nn.ModuleList(), []
-    channels = in_channels
-    # each layer's total stride relative to the input: inputs joined by a route or a shortcut
-    # must share it, or forward() would fail deep inside torch with "sizes must match"
-    scales, scale = [], Fraction(1)
-    for i, mdef in enumerate(module_defs):
-        kind = mdef["type"]
-        seq = nn.Sequential()
-        if kind not in SUPPORTED:
-            raise CfgError(f"{mdef.where()}: layer type [{kind}] is not supported; "
-                           f"supported: {', '.join(sorted(SUPPORTED))}")
-        if kind == "convolutional":
-            filters = get_int(mdef, "filters")
-            size = get_int(mdef, "size", 1)
-            stride = get_int(mdef, "stride", 1)
-            groups = get_int(mdef, "groups", 1)
-            bn = bool(get_int(mdef, "batch_normalize", 0))
-            pad = size // 2 if get_int(mdef, "pad", 0) else get_int(mdef, "padding", 0)
-            if min(filters, size, stride, groups) <= 0 or pad < 0:
-                raise CfgError(f"{mdef.where()}: filters, size, stride and groups must be positive, padding not negative")
-            if channels % groups or filters % groups:
-                raise CfgError(f"{mdef.where()}: groups={groups} must divide input ({channels}) and filters ({filters})")
-            check_conv_size(mdef, filters, channels // groups, size)
-            seq.add_module("Conv2d", nn.Conv2d(channels, filters, size, stride, pad, groups=groups, bias=not bn))
-            scale *= stride
-            if bn:
-                seq.add_module("BatchNorm2d", nn.BatchNorm2d(filters, eps=BN_EPS, momentum=BN_MOMENTUM))
-            activation = mdef.get("activation", "logistic")
-            if activation != "linear":
-                seq.add_module("activation", make_activation(activation, mdef))
-            channels = filters
-        elif kind == "maxpool":
-            size = get_int(mdef, "size", 1)
-            stride = get_int(mdef, "stride", 1)
-            padding = get_int(mdef, "padding", size - 1)
-            if size <= 0 or stride <= 0 or padding < 0:
-                raise CfgError(f"{mdef.where()}: size and stride must be positive, padding not negative")
-            seq = DarknetMaxPool(size, stride, padding)
-            scale *= stride
-        elif kind == "upsample":
-            stride = get_int(mdef, "stride", 2)
-            if stride <= 0:
-                raise CfgError(f"{mdef.where()}: stride={stride} must be positive (downsampling is not supported)")
-            seq = Upsample(stride)
-            scale /= stride
-        elif kind == "route":
-            layers = resolve_layers(mdef, i, len(module_defs))
-            groups, group_id = get_int(mdef, "groups", 1), get_int(mdef, "group_id", 0)
-            if not 0 <= group_id < groups:
-                raise CfgError(f"{mdef.where()}: group_id={group_id} must be in 0..groups-1")
-            parts = [out_channels[j] for j in layers]
-            if any(c % groups for c in parts):
-                raise CfgError(f"{mdef.where()}: groups={groups} does not divide the routed channels {parts}")
-            channels = sum(c // groups for c in parts)
-            if len({scales[j] for j in layers}) > 1:
-                raise CfgError(f"{mdef.where()}: joins layers {layers} of different resolutions "
-                               f"(strides {[str(scales[j]) for j in layers]}); route layers of one size")
-            scale = scales[layers[0]]
-            seq = Route(layers, groups, group_id)
-        elif kind == "shortcut":
-            j = resolve_shortcut(mdef, i)
-            if out_channels[j] != channels:
-                raise CfgError(f"{mdef.where()}: adds layer {j} ({out_channels[j]} channels) to layer {i - 1} "
-                               f"({channels} channels); the widths must match")
-            if scales[j] != scale:
-                raise CfgError(f"{mdef.where()}: adds layer {j} (stride {scales[j]}) to layer {i - 1} "
-                               f"(stride {scale}); the resolutions must match")
-            seq = Shortcut(j, make_activation(mdef.get("activation", "linear"), mdef))
-        elif kind == "yolo":
-            anchors = yolo_anchors(mdef)
-            nc = get_int(mdef, "classes", 80)
-            if nc < 1:
-                raise CfgError(f"{mdef.where()}: classes={nc} must be at least 1")
-            if channels != len(anchors) * (nc + 5):
-                raise CfgError(f"{mdef.where()}: the conv before this [yolo] has filters={channels}, but "
-                               f"{len(anchors)} anchors x (classes {nc} + 5) = {len(anchors) * (nc + 5)}; set filters to that")
-            if mdef.get("new_coords", 0):
-                raise CfgError(f"{mdef.where()}: new_coords={mdef['new_coords']} is not supported "
-                               f"(only Darknet's classic decoding, new_coords=0)")
-            scale = mdef.get("scale_x_y", 1.0)
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-                raise CfgError(f"{mdef.where()}: scale_x_y={scale!r} must be a number")
-            seq = YOLOLayer(anchors, nc, scale)
-        elif kind == "dropout":
-            seq = nn.Identity()
-        module_list.append(seq)
-        out_channels.append(channels)
-        scales.append(scale)
-    return module_list, out_channels
+    """Build one nn.Module per layer; return (module_list, output channels per layer, strides).
 
-
-def layer_sources(module_defs):
-    """For each layer, the layers whose outputs it reads (the graph the pruning engine walks)."""
-    sources = []
-    for i, mdef in enumerate(module_defs):
-        if mdef["type"] == "route":
-            sources.append(resolve_layers(mdef, i, len(module_defs)))
-        elif mdef["type"] == "shortcut":
-            sources.append([i - 1, resolve_shortcut(mdef, i)])
-        else:
-            sources.append([i - 1] if i > 0 else [])
-    return sources
+    Each layer's total stride relative to the input is tracked: inputs joined by a route or a
+    shortcut must share it, or forward() would fail deep inside torch with "sizes must match".
+    """
+    for mdef in module_defs:      # module_defs edited in memory never went through the parser
+        check_section(mdef)
+    sources, widths, scales = layer_shapes(module_defs, in_channels)
+    module_list = nn.ModuleList()
+    for i, (mdef, srcs) in enumerate(zip(module_defs, sources)):
+        in_width = widths[srcs[0]] if srcs else in_channels
+        module_list.append(kind_of(mdef).build(mdef, srcs, in_width))
+    return module_list, widths, scales
 
 
 # ----------------------------------------------------------------------------- model
@@ -320,8 +55,10 @@ class Darknet(nn.Module):
         in_channels = get_int(self.hyperparams, "channels", 3)
         if in_channels <= 0:
             raise CfgError(f"{self.hyperparams.where()}: channels={in_channels} must be positive")
-        self.module_list, self.out_channels = create_modules(self.module_defs, in_channels)
-        self.yolo_layers = [i for i, m in enumerate(self.module_defs) if m["type"] == "yolo"]
+        self.in_channels = in_channels
+        self.kinds = [kind_of(m) for m in self.module_defs]
+        self.module_list, self.out_channels, self.scales = create_modules(self.module_defs, in_channels)
+        self.yolo_layers = [i for i, k in enumerate(self.kinds) if k.is_head]
         if not self.yolo_layers:
             raise CfgError(f"{self.cfg_path or '<cfg>'}: the cfg has no [yolo] layer")
         self.nc = self.module_list[self.yolo_layers[0]].nc
@@ -354,16 +91,10 @@ class Darknet(nn.Module):
     def forward_raw(self, x):
         """Raw outputs of the head convs feeding each [yolo] layer: (B, na*no, ny, nx) each."""
         outputs, raw = {}, []
-        for i, (mdef, module) in enumerate(zip(self.module_defs, self.module_list)):
-            kind = mdef["type"]
-            if kind == "route":
-                x = module(outputs)
-            elif kind == "shortcut":
-                x = module(x, outputs)
-            elif kind == "yolo":
+        for i, (kind, module) in enumerate(zip(self.kinds, self.module_list)):
+            x = kind.run(module, x, outputs)
+            if kind.is_head:
                 raw.append(x)
-            else:
-                x = module(x)
             if i in self._kept:
                 outputs[i] = x
         return raw
@@ -381,8 +112,8 @@ class Darknet(nn.Module):
     def conv_layers(self, cutoff=None):
         """(index, conv, bn or None) for every convolutional layer before ``cutoff``."""
         stop = len(self.module_defs) if cutoff is None else cutoff
-        for i, (mdef, module) in enumerate(zip(self.module_defs[:stop], self.module_list[:stop])):
-            if mdef["type"] == "convolutional":
+        for i, (kind, module) in enumerate(zip(self.kinds[:stop], self.module_list[:stop])):
+            if kind.has_weights:
                 yield i, module.Conv2d, getattr(module, "BatchNorm2d", None)
 
     def darknet_float_count(self, cutoff=None):

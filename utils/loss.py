@@ -10,14 +10,15 @@ over targets or boxes.
 Units: a head's grid has ``nx`` x ``ny`` cells, so a normalized target scales to grid units by
 (nx, ny) alone. Anchors are given in input pixels; they are divided by the head's stride
 (input size / grid size) to become grid units. The decoding used here is the one
-``YOLOLayer.decode`` uses (Darknet's): ``xy = sigmoid * scale_x_y - (scale_x_y - 1) / 2`` inside
-the cell, ``wh = exp * anchor``.
+``YOLOLayer.decode`` uses (utils/layers.py ``decode_boxes``, Darknet's, classic or new_coords=1):
+``xy = sigmoid * scale_x_y - (scale_x_y - 1) / 2`` inside the cell, ``wh = exp * anchor``.
 """
 import math
 
 import torch
 import torch.nn as nn
 
+from utils.layers import layer_strides
 from utils.metrics import bbox_iou
 
 # Defaults for training from scratch on a small data set: YOLOv5's balance (box 0.05, obj 1.0,
@@ -54,25 +55,6 @@ def default_hyp(**overrides):
 def unwrap(model):
     """The Darknet inside a DistributedDataParallel / DataParallel wrapper."""
     return model.module if hasattr(model, "module") and hasattr(model.module, "module_list") else model
-
-
-def layer_strides(module_defs):
-    """Downsampling factor of every layer's output, read from the cfg (conv/maxpool stride, upsample)."""
-    strides = []
-    for i, mdef in enumerate(module_defs):
-        prev = strides[i - 1] if i else 1
-        kind = mdef["type"]
-        if kind in ("convolutional", "maxpool"):
-            strides.append(prev * mdef.get("stride", 1))
-        elif kind == "upsample":
-            strides.append(prev / mdef.get("stride", 2))
-        elif kind == "route":
-            srcs = mdef["layers"] if isinstance(mdef["layers"], list) else [mdef["layers"]]
-            j = srcs[0] + i if srcs[0] < 0 else srcs[0]
-            strides.append(strides[j])
-        else:
-            strides.append(prev)
-    return strides
 
 
 def head_strides(model, p, img_hw=None):
@@ -164,19 +146,17 @@ def compute_loss(p, targets, model, hyp=None, img_hw=None):
             (b, a, gj, gi), tbox, cls = build_targets(pi, targets, anchors, hyp)
             if b.numel():
                 ps = pi[b, a, gj, gi]                                              # (n, 5+nc)
-                s = head.scale_x_y
-                pxy = torch.sigmoid(ps[:, :2]) * s - (s - 1) / 2
-                pwh = torch.exp(ps[:, 2:4].clamp(max=hyp["wh_clamp"])) * anchors[a]
+                pxy, pwh = head.boxes(ps, anchors[a], wh_clamp=hyp["wh_clamp"])
                 giou = bbox_iou(torch.cat((pxy, pwh), 1), tbox, xywh=True, GIoU=True).view(-1)
                 lbox = lbox + (1.0 - giou).mean()
                 tobj[b, a, gj, gi] = (1.0 - hyp["gr"]) + hyp["gr"] * giou.detach().clamp(0)
                 if nc > 1:
                     tcls = torch.full_like(ps[:, 5:], cn)
                     tcls[torch.arange(len(cls), device=device), cls] = cp
-                    lcls = lcls + bce_cls(ps[:, 5:], tcls)
+                    lcls = lcls + bce_cls(head.score_logits(ps)[:, 1:], tcls)
         stride = math.sqrt(sx * sy)
         balance = OBJ_BALANCE.get(int(round(stride)), 1.0)
-        lobj = lobj + balance * bce_obj(pi[..., 4], tobj)
+        lobj = lobj + balance * bce_obj(head.score_logits(pi[..., :5])[..., 0], tobj)
 
     # per-head losses are summed: normalise to the 3-head case so 2-head tiny models match
     scale_heads = 3.0 / len(p)

@@ -11,6 +11,7 @@ import re
 
 from utils.errors import CfgError, DataError
 from utils.io import atomic_write
+from utils.layers import check_section
 
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -85,12 +86,16 @@ def parse_cfg_text(text, path=None):
         section = module_defs[-1]
         if key == "type":
             raise CfgError(f"{name}:{lineno}: 'type' is not a Darknet key; remove it")
+        if key in section:
+            continue  # Darknet's option_find returns the first match: a repeated key is ignored
         section[key] = parse_value(value)
         section.raw[key] = value
     if not module_defs:
         raise CfgError(f"{name}: no [sections] found; is this a Darknet .cfg file?")
     if module_defs[0]["type"] not in ("net", "network"):
         raise CfgError(f"{module_defs[0].where()}: the first section must be [net]")
+    for section in module_defs[1:]:
+        check_section(section)   # unknown kinds and refused options fail here, by name
     return module_defs
 
 

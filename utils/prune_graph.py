@@ -8,7 +8,7 @@ this module: yolov3, -spp, -tiny, yolov4-tiny and custom cfgs are all read the s
 """
 from dataclasses import dataclass, field
 
-from models import layer_sources
+from utils.layers import kind_of, layer_shapes
 
 
 @dataclass
@@ -55,73 +55,108 @@ class _UnionFind:
         self.parent[self.find(a)] = self.find(b)
 
 
-def _passes_channels_through(mdef, srcs):
-    """True when a layer's output is its (single) input's channel space, unchanged in order."""
-    kind = mdef["type"]
-    if kind in ("upsample", "maxpool", "dropout", "shortcut"):
-        return True
-    return kind == "route" and len(srcs) == 1 and mdef.get("groups", 1) == 1
+def analyze(module_defs, in_channels=3):
+    """Build the prune Graph of a cfg's layers (``module_defs`` without ``[net]``).
 
-
-def analyze(module_defs):
-    """Build the prune Graph of a cfg's layers (``module_defs`` without ``[net]``)."""
+    What each layer kind does to channels (keeps its input's channel space, concatenates
+    slices of its inputs, or freezes them) comes from its entry in utils/layers.py.
+    """
     defs = [d for d in module_defs if d["type"] not in ("net", "network")]
     n = len(defs)
-    sources = layer_sources(defs)
+    kinds = [kind_of(d) for d in defs]
+    sources, widths, _ = layer_shapes(defs, in_channels)
     consumers = [[] for _ in range(n)]
     for i, srcs in enumerate(sources):
         for j in srcs:
             consumers[j].append(i)
 
     uf = _UnionFind(n)
-    for i, (mdef, srcs) in enumerate(zip(defs, sources)):
-        if i > 0 and _passes_channels_through(mdef, srcs):
+    for i, (kind, mdef, srcs) in enumerate(zip(kinds, defs, sources)):
+        if srcs and kind.same_channels(mdef, srcs, widths):
             for j in srcs:
                 uf.union(i, j)
-    convs = [i for i, d in enumerate(defs) if d["type"] == "convolutional"]
+    convs = [i for i, k in enumerate(kinds) if k.has_weights]
     group_of = {i: uf.find(i) for i in range(n)}
-    groups = {}
+    groups, members = {}, {}
+    for i in range(n):
+        members.setdefault(group_of[i], []).append(i)
     for c in convs:
         groups.setdefault(group_of[c], []).append(c)
 
-    # A group is frozen when any layer in it is read by something whose channel mapping
-    # we cannot edit: a [yolo] layer, or a grouped conv (depthwise) that couples in and out.
+    # A group is frozen when any layer in it is read by something whose channel mapping we
+    # cannot edit ([yolo], a grouped conv, [sam]...). Freezing a concatenation freezes what it
+    # concatenates: its mask is made of theirs.
     frozen = set()
+
+    def freeze(layer):
+        if group_of[layer] in frozen:
+            return
+        frozen.add(group_of[layer])
+        for m in members[group_of[layer]]:
+            if kinds[m].concatenates(defs[m], sources[m]):
+                for j in sources[m]:
+                    freeze(j)
+
     split_of = {c: 1 for c in convs}
-    for i, mdef in enumerate(defs):
-        if mdef["type"] == "yolo":
-            frozen.add(group_of[i - 1])
-        elif mdef["type"] == "convolutional" and mdef.get("groups", 1) > 1 and i > 0:
-            frozen.add(group_of[i - 1])
-            frozen.add(group_of[i])
-        elif mdef["type"] == "route" and mdef.get("groups", 1) > 1:
+    for i, (kind, mdef) in enumerate(zip(kinds, defs)):
+        if kind.is_head or kind.freezes(mdef, sources[i], widths):
+            for j in sources[i]:
+                freeze(j)
+            if not kind.is_head:
+                freeze(i)
+        elif kind.concatenates(mdef, sources[i]) and mdef.get("groups", 1) > 1:
             for j in sources[i]:
                 for c in groups.get(group_of[j], []):
                     split_of[c] = _lcm(split_of[c], mdef["groups"])
-    head_convs = {c for c in convs if group_of[c] in frozen and _feeds_yolo(c, defs, group_of)}
+    heads = [i for i, k in enumerate(kinds) if k.is_head]
+    head_convs = {c for c in convs if group_of[c] in frozen and any(group_of[sources[h][0]] == group_of[c] for h in heads)}
     bn_convs = [c for c in convs if defs[c].get("batch_normalize", 0)]
     prunable = [c for c in bn_convs if group_of[c] not in frozen
                 and all(defs[m].get("batch_normalize", 0) for m in groups[group_of[c]])]
 
     graph = Graph(defs, sources, consumers, convs, bn_convs, group_of, groups, head_convs, split_of, prunable)
-    graph.blocks = _residual_blocks(defs, sources, bn_convs)
+    graph.kinds = kinds
+    graph.blocks = _residual_blocks(graph, widths)
     return graph
 
 
-def _feeds_yolo(conv, defs, group_of):
-    return any(d["type"] == "yolo" and group_of[i - 1] == group_of[conv] for i, d in enumerate(defs))
+def constant_reaches_blocker(graph, layer):
+    """True when a constant added to ``layer``'s output meets, before any conv absorbs it, a
+    layer that cannot carry it exactly (a non-linear shortcut, [sam], a [yolo]...)."""
+    todo, seen = list(graph.consumers[layer]), set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        kind = graph.kinds[m]
+        if kind.has_weights:
+            continue
+        if kind.is_head or not kind.constants_exact(graph.module_defs[m]):
+            return True
+        todo.extend(graph.consumers[m])
+    return False
 
 
-def _residual_blocks(defs, sources, bn_convs):
-    """Shortcuts that add back the input of exactly two BN convs: [in] -> conv -> conv -> (+in)."""
+def _residual_blocks(graph, widths):
+    """Shortcuts that add back the input of exactly two BN convs: [in] -> conv -> conv -> (+in).
+
+    A block is removable only when nothing else reads its inner convs (a route reading one would
+    lose its source) and the constant its removal leaves behind can be compensated downstream.
+    """
     blocks = []
-    bn = set(bn_convs)
+    bn = set(graph.bn_convs)
+    defs, sources, consumers = graph.module_defs, graph.sources, graph.consumers
     for i, mdef in enumerate(defs):
         if mdef["type"] != "shortcut" or i < 3 or mdef.get("activation", "linear") != "linear":
             continue
         first, last, source = i - 2, i - 1, sources[i][1]
-        if first in bn and last in bn and source == i - 3 and sources[first] == [i - 3] and sources[last] == [first]:
-            blocks.append(ResidualBlock((first, last), i, source))
+        if not (first in bn and last in bn and source == i - 3 and sources[first] == [i - 3]
+                and sources[last] == [first] and widths[last] == widths[source]):
+            continue
+        if consumers[first] != [last] or consumers[last] != [i] or constant_reaches_blocker(graph, i):
+            continue
+        blocks.append(ResidualBlock((first, last), i, source))
     return blocks
 
 

@@ -9,9 +9,9 @@ to the same three steps:
     write_pruned(compact, out_dir, name)
 
 Compensation: once a channel's gamma is zero its output is the constant ``act(beta)``.
-``propagate_constants`` follows those constants through shortcut sums, route
-concatenation, upsample and maxpool to every conv that reads them, and folds them into
-that conv's BN running mean (or its bias when it has no BN). The compact model then
+``propagate_constants`` follows those constants through each layer kind (shortcut sums,
+route concatenation, upsample, maxpool...: utils/layers.py) to every conv that reads them,
+and folds them into that conv's BN running mean (or its bias when it has no BN). The compact model then
 equals the original with the pruned gammas set to zero, except where zero padding at the
 image border sees the missing constant.
 """
@@ -194,10 +194,6 @@ def plan_layers(model, graph, n_blocks):
 # ----------------------------------------------------------------------------- surgery
 
 
-def _activation(seq):
-    return getattr(seq, "activation", torch.nn.Identity())
-
-
 def _stand_in(layer, removed_shortcut_input):
     """The layer whose output replaces a removed shortcut's (its block's input), transitively."""
     while layer in removed_shortcut_input:
@@ -205,44 +201,31 @@ def _stand_in(layer, removed_shortcut_input):
     return layer
 
 
+def _removed_block_constant(model, consts, block):
+    """A removed block leaves its input plus its last conv's constant output ``act(beta)``."""
+    seq = model.module_list[block.convs[1]]
+    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
+    return consts[block.input] + getattr(seq, "activation", torch.nn.Identity())(beta).view(-1)
+
+
 def propagate_constants(model, graph, plan):
     """Per layer, the constant each output channel lacks in the compact model.
 
     Pruned channels contribute ``act(beta)``; a removed residual block contributes its last
-    conv's ``act(beta)`` to the stream it was added to. Constants add at shortcuts,
-    concatenate at routes and pass unchanged through upsample, maxpool and dropout.
+    conv's ``act(beta)`` to the stream it was added to. Each layer kind says what its input
+    constants become at its output (utils/layers.py).
     """
     removed = plan.removed_layers()
     block_of_shortcut = {b.shortcut: b for b in plan.removed_blocks}
     consts = [None] * len(graph.module_defs)
     with torch.no_grad():
-        for i, mdef in enumerate(graph.module_defs):
-            kind, srcs = mdef["type"], graph.sources[i]
-            if kind == "convolutional":
-                width = model.module_list[i].Conv2d.out_channels
-                c = torch.zeros(width)
-                if i in plan.masks and i not in removed:
-                    seq, keep = model.module_list[i], plan.masks[i]
-                    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
-                    c = torch.where(keep, torch.zeros(width), _activation(seq)(beta).view(-1))
-                consts[i] = c
-            elif kind == "shortcut":
-                if i in block_of_shortcut:
-                    block = block_of_shortcut[i]
-                    seq = model.module_list[block.convs[1]]
-                    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
-                    consts[i] = consts[block.input] + _activation(seq)(beta).view(-1)
-                else:
-                    total = consts[srcs[0]] + consts[srcs[1]]
-                    act = model.module_list[i].activation
-                    consts[i] = act(total.view(1, -1, 1, 1)).view(-1) if total.any() else total
-            elif kind == "route":
-                g, gid = mdef.get("groups", 1), mdef.get("group_id", 0)
-                consts[i] = torch.cat([consts[j].chunk(g)[gid] for j in srcs])
-            elif kind == "yolo":
-                consts[i] = consts[i - 1]
-            else:  # upsample, maxpool, dropout
-                consts[i] = consts[srcs[0]]
+        for i, (kind, mdef) in enumerate(zip(graph.kinds, graph.module_defs)):
+            if i in block_of_shortcut:
+                consts[i] = _removed_block_constant(model, consts, block_of_shortcut[i])
+                continue
+            keep = plan.masks.get(i) if i not in removed else None
+            in_consts = [consts[j] for j in graph.sources[i]]
+            consts[i] = kind.constants(mdef, model.module_list[i], in_consts, keep, model.out_channels[i])
     return consts
 
 
@@ -250,32 +233,12 @@ def output_masks(model, graph, plan):
     """Per layer, which of its original output channels the compact model keeps."""
     removed_input = {b.shortcut: b.input for b in plan.removed_blocks}
     masks = [None] * len(graph.module_defs)
-    for i, mdef in enumerate(graph.module_defs):
-        kind, srcs = mdef["type"], graph.sources[i]
-        if kind == "convolutional":
-            width = model.module_list[i].Conv2d.out_channels
-            masks[i] = plan.masks.get(i, torch.ones(width, dtype=torch.bool))
-        elif kind == "shortcut":
-            if i in removed_input:
-                masks[i] = masks[_stand_in(i, removed_input)]
-            else:
-                a, b = masks[srcs[0]], masks[srcs[1]]
-                if not torch.equal(a, b):
-                    raise PruneError(f"{mdef.where()}: the two inputs of this shortcut were given different "
-                                     f"masks; shortcut groups must share one mask (use shortcut_prune)")
-                masks[i] = a
-        elif kind == "route":
-            g, gid = mdef.get("groups", 1), mdef.get("group_id", 0)
-            parts = []
-            for j in srcs:
-                chunk = masks[j].chunk(g)[gid]
-                if g > 1 and len({int(m.sum()) for m in masks[j].chunk(g)}) != 1:
-                    raise PruneError(f"{mdef.where()}: reads slice {gid} of {g} from layer {j}, whose slices keep "
-                                     f"different channel counts; the planner must keep equal counts per slice")
-                parts.append(chunk)
-            masks[i] = torch.cat(parts)
-        else:
-            masks[i] = masks[srcs[0]] if srcs else None
+    for i, (kind, mdef) in enumerate(zip(graph.kinds, graph.module_defs)):
+        if i in removed_input:
+            masks[i] = masks[_stand_in(i, removed_input)]
+            continue
+        in_masks = [masks[j] for j in graph.sources[i]]
+        masks[i] = kind.out_mask(mdef, in_masks, plan.masks.get(i), model.out_channels[i])
     return masks
 
 
@@ -294,20 +257,18 @@ def compact_module_defs(model, graph, plan, out_masks):
         return target - new_index[i] if relative else target
 
     defs = [copy.deepcopy(model.hyperparams)]
-    for i, mdef in enumerate(graph.module_defs):
+    for i, (kind, mdef) in enumerate(zip(graph.kinds, graph.module_defs)):
         if i in removed:
             continue
         d = copy.deepcopy(mdef)
-        if d["type"] == "convolutional":
+        if kind.has_weights:
             d["filters"] = int(out_masks[i].sum())
-        elif d["type"] == "route":
-            raw = d["layers"] if isinstance(d["layers"], list) else [d["layers"]]
-            new = [renumber(j, i, r < 0) for j, r in zip(graph.sources[i], raw)]
-            d["layers"] = new if isinstance(d["layers"], list) else new[0]
-        elif d["type"] == "shortcut":
-            raw = d["from"][0] if isinstance(d["from"], list) else d["from"]
-            new = renumber(graph.sources[i][1], i, raw < 0)
-            d["from"] = [new] if isinstance(d["from"], list) else new
+        refs = graph.sources[i][1:] if kind.reads_previous else graph.sources[i]
+        for key in kind.refs:
+            raw = d[key] if isinstance(d[key], list) else [d[key]]
+            targets, refs = refs[:len(raw)], refs[len(raw):]
+            new = [renumber(j, i, r < 0) for j, r in zip(targets, raw)]
+            d[key] = new if isinstance(d[key], list) else new[0]
         defs.append(d)
     return defs
 
@@ -318,7 +279,7 @@ def build_compact(model, plan, graph=None, compensate=True):
     ``compensate=False`` drops the pruned channels' constants instead of folding them into
     their consumers (what a naive pruner does); it exists to measure what compensation buys.
     """
-    graph = graph or analyze(model.module_defs)
+    graph = graph or analyze(model.module_defs, model.in_channels)
     removed = plan.removed_layers()
     consts = propagate_constants(model, graph, plan)
     if not compensate:
@@ -329,37 +290,17 @@ def build_compact(model, plan, graph=None, compensate=True):
     compact.cfg_path = None
     compact.version, compact.seen = model.version.copy(), model.seen
 
-    compact_convs = iter(i for i, d in enumerate(compact.module_defs) if d["type"] == "convolutional")
+    compact_convs = iter(i for i, k in enumerate(compact.kinds) if k.has_weights)
     with torch.no_grad():
-        for i, mdef in enumerate(graph.module_defs):
-            if mdef["type"] != "convolutional" or i in removed:
+        for i, kind in enumerate(graph.kinds):
+            if not kind.has_weights or i in removed:
                 continue
-            src_seq, dst_seq = model.module_list[i], compact.module_list[next(compact_convs)]
-            out_m = masks[i]
-            in_const = consts[i - 1] if i > 0 else None
-            in_m = masks[i - 1] if i > 0 else torch.ones(src_seq.Conv2d.in_channels, dtype=torch.bool)
-            if src_seq.Conv2d.groups > 1:
-                in_m = torch.ones(src_seq.Conv2d.weight.shape[1], dtype=torch.bool)
-            weight = src_seq.Conv2d.weight.detach()
-            offset = None
-            if in_const is not None and in_const.any():
-                offset = weight.sum(dim=(2, 3)).float() @ in_const
-            dst_seq.Conv2d.weight.copy_(weight[out_m][:, in_m])
-            if hasattr(src_seq, "BatchNorm2d"):
-                src_bn, dst_bn = src_seq.BatchNorm2d, dst_seq.BatchNorm2d
-                mean = src_bn.running_mean.detach().clone()
-                if offset is not None:
-                    mean -= offset.to(mean.dtype)
-                dst_bn.weight.copy_(src_bn.weight[out_m])
-                dst_bn.bias.copy_(src_bn.bias[out_m])
-                dst_bn.running_mean.copy_(mean[out_m])
-                dst_bn.running_var.copy_(src_bn.running_var[out_m])
-                dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)
-            else:
-                bias = src_seq.Conv2d.bias.detach().clone()
-                if offset is not None:
-                    bias += offset.to(bias.dtype)
-                dst_seq.Conv2d.bias.copy_(bias[out_m])
+            src_seq = model.module_list[i]
+            dst_seq = compact.module_list[next(compact_convs)]
+            srcs = graph.sources[i]
+            in_m = masks[srcs[0]] if srcs else torch.ones(model.in_channels, dtype=torch.bool)
+            in_const = consts[srcs[0]] if srcs else None
+            kind.copy_compact(src_seq, dst_seq, in_m, masks[i], in_const)
     return compact.train(model.training)
 
 
@@ -382,11 +323,11 @@ def prune(model, policy, percent=None, layer_keep=None, n_blocks=0):
     """
     plans, current = [], model
     if n_blocks:
-        plan = plan_layers(current, analyze(current.module_defs), n_blocks)
+        plan = plan_layers(current, analyze(current.module_defs, current.in_channels), n_blocks)
         current = build_compact(current, plan)
         plans.append(plan)
     if percent is not None:
-        graph = analyze(current.module_defs)
+        graph = analyze(current.module_defs, current.in_channels)
         plan = plan_channels(current, graph, policy, percent, layer_keep)
         current = build_compact(current, plan, graph)
         plans.append(plan)

@@ -33,7 +33,7 @@ def randomize_weights(model, seed=0, gamma_range=(0.2, 1.5), calibrate=True):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
     if calibrate:
-        calibrate_bn(model, torch.rand(1, 3, 224, 224, generator=g))
+        calibrate_bn(model, torch.rand(1, model.in_channels, 224, 224, generator=g))
     return model
 
 
@@ -64,17 +64,18 @@ def count_flops(model, img_size=None):
     h, w = _hw(img_size or model.img_size)
     total = 0
 
-    def hook(module, inputs, output):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        total += 2 * output.numel() * k
+    def hook_for(kind):
+        def hook(module, inputs, output):
+            nonlocal total
+            total += kind.flops(module, output)
+        return hook
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(hook_for(k)) for k, m in zip(model.kinds, model.module_list)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model.forward_raw(torch.zeros(1, 3, h, w))
+            model.forward_raw(torch.zeros(1, model.in_channels, h, w))
     finally:
         for handle in handles:
             handle.remove()
@@ -97,17 +98,17 @@ def median_ms(fn, warmup=3, runs=10):
 def torch_latency_ms(model, img_size=None, warmup=3, runs=10):
     """Batch-1 CPU latency of the model's forward pass (median of ``runs``)."""
     h, w = _hw(img_size or model.img_size)
-    x = torch.rand(1, 3, h, w)
+    x = torch.rand(1, model.in_channels, h, w)
     model.eval()
     with torch.inference_mode():
         return median_ms(lambda: model.forward_raw(x), warmup, runs)
 
 
-def opencv_latency_ms(net, img_size, warmup=3, runs=10):
-    """Batch-1 latency of an OpenCV DNN net (median of ``runs``)."""
+def opencv_latency_ms(net, img_size, warmup=3, runs=10, channels=3):
+    """Batch-1 latency of an OpenCV DNN net (median of ``runs``); ``channels`` is the cfg's [net] channels."""
     import numpy as np
     h, w = _hw(img_size)
-    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)
     names = net.getUnconnectedOutLayersNames()
 
     def run():
