@@ -42,7 +42,7 @@ def replicate_padding(model):
 
 def relative_difference(a, b, size=96):
     a, b = replicate_padding(copy.deepcopy(a)).double().eval(), replicate_padding(copy.deepcopy(b)).double().eval()
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.rand(1, b.in_channels, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         ra, rb = a.forward_raw(x), b.forward_raw(x)
     return max(float((u - v).abs().max() / v.abs().max()) for u, v in zip(ra, rb))
@@ -54,7 +54,7 @@ def check_written_pair(compact, tmp_path, size=128):
     reread = Darknet(defs)
     assert os.path.getsize(weights) == 20 + 4 * reread.darknet_float_count()
     reread.load_darknet_weights(weights)
-    x = np.random.default_rng(1).random((1, 3, size, size), dtype=np.float32)
+    x = np.random.default_rng(1).random((1, compact.in_channels, size, size), dtype=np.float32)
     diff = max_layout_difference(torch_in_opencv_layout(compact, x), opencv_forward(read_net(cfg, weights, exact=True), x))
     assert diff <= 1e-4
     return defs

@@ -33,7 +33,9 @@ def randomize_weights(model, seed=0, gamma_range=(0.2, 1.5), calibrate=True):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
     if calibrate:
-        calibrate_bn(model, torch.rand(1, model.in_channels, 224, 224, generator=g))
+        # a BN after a global [avgpool] sees one value per channel and image: it needs two images
+        batch = 2 if any(s is None for s in model.scales) else 1
+        calibrate_bn(model, torch.rand(batch, model.in_channels, 224, 224, generator=g))
     return model
 
 

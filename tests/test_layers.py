@@ -1,0 +1,215 @@
+"""The layer-kind table: every kind against OpenCV, pruned and compensated; refused options by name."""
+import numpy as np
+import pytest
+import torch
+
+from models import Darknet
+from test_prune import check_written_pair, relative_difference
+from utils.errors import CfgError, PruneError
+from utils.layers import Reorg, decode_boxes, layer_strides
+from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
+from utils.prune_graph import analyze
+from utils.prune_utils import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
+from utils.torch_utils import count_flops, randomize_weights, torch_latency_ms
+
+SIZE = 64
+
+
+def net(channels=3):
+    return f"[net]\nwidth={SIZE}\nheight={SIZE}\nchannels={channels}\n"
+
+
+def conv(filters, size=3, stride=1, act="leaky", bn=1, extra=""):
+    return (f"[convolutional]\nbatch_normalize={bn}\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\n"
+            f"activation={act}\n{extra}")
+
+
+def head(nc=2, act="linear", extra=""):
+    return (f"[convolutional]\nfilters={3 * (5 + nc)}\nsize=1\nactivation={act}\n"
+            f"[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses={nc}\nnum=3\n{extra}")
+
+
+STEM = conv(8) + conv(16, stride=2)
+KINDS = {
+    # Darknet adds a shortcut of another width over the common channels; output = previous layer's width
+    "shortcut-narrower-from": net() + STEM + conv(8) + conv(16) + "[shortcut]\nfrom=-2\nactivation=linear\n" + head(),
+    "shortcut-wider-from": net() + STEM + conv(8, size=1) + "[shortcut]\nfrom=-2\nactivation=leaky\n" + head(),
+    "new-coords": net() + STEM + conv(16) + head(act="logistic", extra="new_coords=1\nscale_x_y=2.0\n"),
+    "avgpool": net() + STEM + "[avgpool]\n" + conv(8, size=1) + head(),
+    "scale-channels": net() + STEM + "[avgpool]\n" + conv(4, size=1, act="relu", bn=0)
+    + conv(16, size=1, act="logistic", bn=0) + "[scale_channels]\nfrom=-4\nactivation=mish\n" + conv(8) + head(),
+    "sam": net() + STEM + conv(16, size=1, act="logistic") + "[sam]\nfrom=-2\nactivation=leaky\n" + conv(8) + head(),
+    "reorg": net() + STEM + "[reorg]\nstride=2\n" + conv(8) + head(),
+    "maxpool-stride1-route-groups": net() + STEM + "[maxpool]\nsize=3\nstride=1\n"
+    + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8) + "[route]\nlayers=-1,-3\n" + conv(8) + head(),
+}
+KINDS.update({f"activation-{a}": net() + conv(8, act=a) + conv(16, stride=2, act=a) + conv(8, act=a) + head()
+              for a in ("mish", "swish", "logistic", "relu", "leaky", "tanh", "linear")})
+
+
+def write_pair(tmp_path, text, seed=1):
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(text)
+    model = randomize_weights(Darknet(str(cfg)), seed=seed).eval()
+    weights = tmp_path / "m.weights"
+    model.save_darknet_weights(weights)
+    return model, str(cfg), str(weights)
+
+
+def opencv_difference(model, cfg, weights, seed=0):
+    x = np.random.default_rng(seed).random((1, model.in_channels, SIZE, SIZE), dtype=np.float32)
+    return max_layout_difference(torch_in_opencv_layout(model, x), opencv_forward(read_net(cfg, weights, exact=True), x))
+
+
+def check_prunes_exactly(model, tmp_path, policies=("normal", "shortcut")):
+    """Each policy prunes something, the compact model equals the original with the pruned
+    gammas zeroed, and the written pair reads back (OpenCV) with the compact model's outputs."""
+    graph = analyze(model.module_defs, model.in_channels)
+    for name in policies:
+        plan = plan_channels(model, graph, POLICIES[name], 0.5, layer_keep=0.1)
+        assert plan.pruned_channels() > 0
+        compact = build_compact(model, plan, graph)
+        assert relative_difference(compact, zeroed_reference(model, plan), size=SIZE) < 1e-6
+        check_written_pair(compact, tmp_path, size=SIZE)
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_kind_matches_opencv_and_prunes_exactly(name, tmp_path):
+    model, cfg, weights = write_pair(tmp_path, KINDS[name])
+    assert opencv_difference(model, cfg, weights) <= 1e-4
+    check_prunes_exactly(model, tmp_path)
+
+
+def test_reorg_is_not_a_plain_space_to_depth():
+    """OpenCV's (and Darknet's) reorg is its own permutation: the parity test above could not
+    tell them apart if the two were equal on a random input."""
+    x = torch.rand(1, 8, 4, 4)
+    ours = Reorg(2)(x)
+    assert ours.shape == (1, 32, 2, 2)
+    assert not torch.allclose(ours, torch.nn.functional.pixel_unshuffle(x, 2))
+    assert torch.equal(ours.flatten().sort().values, x.flatten().sort().values)   # a permutation
+
+
+def test_frozen_kinds_keep_their_inputs_whole(tmp_path):
+    """[sam] and differing-width shortcuts cannot be pruned through: the graph freezes their inputs."""
+    for name, readers in (("sam", ("sam",)), ("shortcut-narrower-from", ("shortcut",))):
+        defs = parse_cfg_text(KINDS[name])[1:]
+        graph = analyze(defs)
+        for i, d in enumerate(defs):
+            if d["type"] in readers:
+                assert not set(graph.sources[i]) & set(graph.prunable)
+
+
+def test_new_coords_decoding_formula():
+    t = torch.tensor([[0.5, 0.75, 0.5, 0.25]])
+    anchors = torch.tensor([[10.0, 20.0]])
+    xy, wh = decode_boxes(t, anchors, 2.0, new_coords=1)
+    assert torch.allclose(xy, torch.tensor([[0.5, 1.0]]))            # sig*2 - 0.5
+    assert torch.allclose(wh, torch.tensor([[10.0, 20.0 * 0.25]]))   # (2*sig)^2 * anchor
+    xy, wh = decode_boxes(torch.zeros(1, 4), anchors, 1.0, new_coords=0)
+    assert torch.allclose(xy, torch.full((1, 2), 0.5)) and torch.allclose(wh, anchors)
+
+
+def test_new_coords_loss_is_finite_and_trains_scores():
+    from utils.loss import compute_loss
+    model = randomize_weights(Darknet(parse_cfg_text(KINDS["new-coords"]))).train()
+    p = model(torch.rand(2, 3, SIZE, SIZE))
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 0, 0.3, 0.6, 0.1, 0.1]])
+    loss, items = compute_loss(p, targets, model)
+    loss.backward()
+    assert torch.isfinite(items).all() and items[1] > 0 and items[2] > 0
+
+
+def test_yolo_scale_x_y_does_not_change_the_stride():
+    defs = parse_cfg_text(net() + STEM + head(extra="scale_x_y=1.05\n"))[1:]
+    strides = layer_strides(defs)
+    assert strides[-1] == strides[-2] == 2.0
+
+
+# ------------------------------------------------------------------ refused options, one line each
+
+REFUSED = [
+    (conv(8, extra="dilation=2\n"), "dilation=2"),
+    (conv(8, extra="stride_x=2\n"), "stride_x=2"),
+    (conv(8, extra="stride_y=2\n"), "stride_y=2"),
+    (conv(8, extra="antialiasing=1\n"), "antialiasing=1"),
+    (conv(8, extra="xnor=1\n"), "xnor=1"),
+    (conv(8, extra="binary=1\n"), "binary=1"),
+    (conv(8, act="relu6"), "activation=relu6"),
+    (conv(8) + "[maxpool]\nsize=2\nstride=2\nstride_x=1\n", "stride_x=1"),
+    (conv(8) + "[maxpool]\nsize=2\nstride=2\nmaxpool_depth=1\n", "maxpool_depth=1"),
+    (conv(8) + "[upsample]\nstride=2\nscale=2\n", "scale=2"),
+    (conv(8) + conv(8) + "[shortcut]\nfrom=-2\nweights_type=per_channel\n", "weights_type=per_channel"),
+    (conv(8) + "[avgpool]\n" + conv(8, size=1) + "[scale_channels]\nfrom=-3\nscale_wh=1\n", "scale_wh=1"),
+    (conv(8) + "[reorg]\nstride=2\nreverse=1\n", "reverse=1"),
+    (conv(8) + "[route]\nlayers=-1\nactivation=leaky\n", "activation=leaky"),
+    (conv(8) + "[local]\nfilters=8\n", "[local]"),
+]
+
+
+@pytest.mark.parametrize("body,needle", REFUSED, ids=[n for _, n in REFUSED])
+def test_refused_option_named_at_parse_time(tmp_path, body, needle):
+    path = tmp_path / "bad.cfg"
+    path.write_text(net() + body + head())
+    with pytest.raises(CfgError) as e:
+        parse_model_cfg(str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and needle in msg
+
+
+def test_new_coords_other_values_refused():
+    with pytest.raises(CfgError, match="new_coords=2"):
+        parse_cfg_text(net() + STEM + head(extra="new_coords=2\n"))
+
+
+def test_repeated_key_keeps_the_first_value_like_darknet():
+    defs = parse_cfg_text(net() + "[convolutional]\nfilters=8\nfilters=16\nsize=3\nactivation=leaky\n" + head())
+    assert defs[1]["filters"] == 8
+    assert Darknet(defs).module_list[0].Conv2d.out_channels == 8
+    assert cfg_to_text(defs).count("filters=") == 2   # the written cfg is unambiguous: one per section
+
+
+# ------------------------------------------------------------------ graph bugs
+
+def test_grouped_conv_after_concatenation_is_frozen_not_mispruned(tmp_path):
+    text = (net() + STEM + conv(8) + "[route]\nlayers=-1,-2\n"
+            + conv(24, extra="groups=24\n") + conv(8) + head())
+    model, _, _ = write_pair(tmp_path, text)
+    graph = analyze(model.module_defs)
+    route = next(i for i, d in enumerate(model.module_defs) if d["type"] == "route")
+    assert not set(graph.sources[route]) & set(graph.prunable)
+    check_prunes_exactly(model, tmp_path, policies=("normal",))
+
+
+def block(filters):
+    return conv(filters // 2, size=1) + conv(filters) + "[shortcut]\nfrom=-3\nactivation=linear\n"
+
+
+def test_block_whose_inner_conv_is_routed_is_not_removable(tmp_path):
+    # block A (layers 2-4), block B (5-7); the route reads B's first conv (layer 5)
+    text = (net() + STEM + block(16) + block(16) + "[route]\nlayers=-3\n" + conv(8) + "[route]\nlayers=-3,-1\n"
+            + conv(16) + head())
+    model, _, _ = write_pair(tmp_path, text)
+    graph = analyze(model.module_defs)
+    assert [b.shortcut for b in graph.blocks] == [4]
+    plan = plan_layers(model, graph, 1)
+    compact = build_compact(model, plan, graph)
+    assert relative_difference(compact, zeroed_reference(model, plan), size=SIZE) < 1e-6
+    check_written_pair(compact, tmp_path, size=SIZE)
+    with pytest.raises(PruneError, match="choose between 1 and 1"):
+        plan_layers(model, graph, 2)
+
+
+def test_one_input_channel_through_flops_latency_export_opencv_and_pruning(tmp_path):
+    from export import export_onnx, onnx_max_difference
+    model, cfg, weights = write_pair(tmp_path, net(channels=1) + STEM + conv(8) + head())
+    assert model.module_list[0].Conv2d.in_channels == 1
+    assert count_flops(model) == count_flops(model, (SIZE, SIZE)) > 0
+    assert torch_latency_ms(model, SIZE, warmup=0, runs=1) > 0
+    onnx = tmp_path / "m.onnx"
+    export_onnx(model, onnx, SIZE)
+    assert onnx_max_difference(model, onnx, SIZE) < 1e-4
+    assert opencv_difference(model, cfg, weights) <= 1e-4
+    compact, _ = prune(model, POLICIES["normal"], percent=0.5, layer_keep=0.1)
+    check_written_pair(compact, tmp_path, size=SIZE)
