@@ -7,11 +7,12 @@ from models import Darknet
 from test_prune import check_written_pair, relative_difference
 from utils.errors import CfgError, PruneError
 from utils.layers import Reorg, decode_boxes, layer_strides
-from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from utils.opencv_dnn import (max_difference_from_opencv, max_layout_difference, opencv_forward, read_net,
+                              torch_in_opencv_layout)
 from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
 from utils.prune_graph import analyze
 from utils.prune_utils import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
-from utils.torch_utils import count_flops, randomize_weights, torch_latency_ms
+from utils.torch_utils import count_flops, opencv_latency_ms, randomize_weights, torch_latency_ms
 
 SIZE = 64
 
@@ -145,6 +146,9 @@ REFUSED = [
     (conv(8) + "[reorg]\nstride=2\nreverse=1\n", "reverse=1"),
     (conv(8) + "[route]\nlayers=-1\nactivation=leaky\n", "activation=leaky"),
     (conv(8) + "[local]\nfilters=8\n", "[local]"),
+    (conv(8) + "[maxpool]\nstride=2\n", "size="),           # Darknet: size=stride, OpenCV: size=2
+    (conv(8) + "[upsample]\n", "stride="),                   # Darknet: 2, OpenCV: 1
+    (conv(8) + "[reorg]\n", "stride="),                      # Darknet: 1, OpenCV: 2
 ]
 
 
@@ -201,12 +205,22 @@ def test_block_whose_inner_conv_is_routed_is_not_removable(tmp_path):
         plan_layers(model, graph, 2)
 
 
+def test_block_feeding_a_multiplication_is_not_removable(tmp_path):
+    """Removing a block leaves a constant in its stream; a [sam] cannot carry it exactly."""
+    text = net() + STEM + block(16) + conv(16, size=1, act="logistic") + "[sam]\nfrom=-2\n" + conv(8) + head()
+    graph = analyze(parse_cfg_text(text)[1:])
+    assert graph.blocks == []
+    assert [b.shortcut for b in analyze(parse_cfg_text(net() + STEM + block(16) + conv(8) + head())[1:]).blocks] == [4]
+
+
 def test_one_input_channel_through_flops_latency_export_opencv_and_pruning(tmp_path):
     from export import export_onnx, onnx_max_difference
     model, cfg, weights = write_pair(tmp_path, net(channels=1) + STEM + conv(8) + head())
     assert model.module_list[0].Conv2d.in_channels == 1
     assert count_flops(model) == count_flops(model, (SIZE, SIZE)) > 0
     assert torch_latency_ms(model, SIZE, warmup=0, runs=1) > 0
+    assert opencv_latency_ms(read_net(cfg, weights), SIZE, warmup=0, runs=1, channels=1) > 0
+    assert max_difference_from_opencv(model, cfg, weights, SIZE) <= 1e-4
     onnx = tmp_path / "m.onnx"
     export_onnx(model, onnx, SIZE)
     assert onnx_max_difference(model, onnx, SIZE) < 1e-4

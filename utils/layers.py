@@ -253,6 +253,7 @@ class Kind:
     name = ""
     refs = ()                 # option keys that hold layer references ("layers", "from")
     refused = {}              # option -> value meaning "off"; any other value is refused by name
+    required = ()             # options whose default differs between Darknet and OpenCV: must be written
     activation = None         # None: the kind has no activation (a non-linear one is refused)
     has_weights = False       # reads its share of the .weights file
     is_head = False           # a [yolo] output
@@ -260,6 +261,10 @@ class Kind:
 
     # ---- parse time
     def check_options(self, mdef):
+        for key in self.required:
+            if key not in mdef:
+                raise CfgError(f"{mdef.where()}: write {key}= explicitly: Darknet and OpenCV default it "
+                               f"differently for a [{self.name}]")
         for key, off in self.refused.items():
             if key in mdef and mdef[key] != off:
                 fix = "remove it" if off is None else f"remove it or set {key}={off}"
@@ -334,7 +339,8 @@ class Kind:
 class Convolutional(Kind):
     name = "convolutional"
     refused = {"dilation": 1, "antialiasing": 0, "xnor": 0, "binary": 0, "flipped": 0, "deform": 0,
-               "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "coordconv": 0, "share_index": None}
+               "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "coordconv": 0, "share_index": None,
+               "bin_output": 0}
     activation = "logistic"
     has_weights = True
 
@@ -448,7 +454,8 @@ class PassThrough(Kind):
 
 class MaxPool(PassThrough):
     name = "maxpool"
-    refused = {"maxpool_depth": 0, "antialiasing": 0, "out_channels": None}
+    refused = {"maxpool_depth": 0, "antialiasing": 0, "out_channels": None, "maxpool_zero_nonmax": 0}
+    required = ("size", "stride")
 
     def check_options(self, mdef):
         super().check_options(mdef)
@@ -476,6 +483,7 @@ class MaxPool(PassThrough):
 class UpsampleKind(PassThrough):
     name = "upsample"
     refused = {"scale": 1}      # Darknet multiplies the output by it; OpenCV ignores it
+    required = ("stride",)
 
     def _stride(self, mdef):
         stride = get_int(mdef, "stride", 2)
@@ -647,6 +655,7 @@ class ScaleChannels(Sam):
 class ReorgKind(Kind):
     name = "reorg"
     refused = {"reverse": 0, "flatten": 0, "extra": 0}
+    required = ("stride",)
 
     def _stride(self, mdef):
         stride = get_int(mdef, "stride", 2)

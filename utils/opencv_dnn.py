@@ -87,6 +87,6 @@ def max_layout_difference(ours, theirs):
 
 def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
     """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input)."""
-    x = np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+    x = np.random.default_rng(seed).random((1, model.in_channels, size, size), dtype=np.float32)
     return max_layout_difference(torch_in_opencv_layout(model, x),
                                  opencv_forward(read_net(cfg_path, weights_path, exact=True), x))

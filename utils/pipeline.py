@@ -80,7 +80,8 @@ def measure(model, data=None, img_size=None, cfg_path=None, weights_path=None, r
     if runs:
         row["torch_ms"] = torch_latency_ms(model, size, warmup=5, runs=runs)
         if cfg_path and weights_path:
-            row["opencv_ms"] = opencv_latency_ms(read_net(cfg_path, weights_path), size, warmup=5, runs=runs)
+            row["opencv_ms"] = opencv_latency_ms(read_net(cfg_path, weights_path), size, warmup=5, runs=runs,
+                                                channels=model.in_channels)
     if data:
         from test import evaluate
         row["mAP50"] = float(evaluate(model, data, img_size=size, verbose=False, progress=False,
