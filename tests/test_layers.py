@@ -76,9 +76,12 @@ def check_prunes_exactly(model, tmp_path, policies=("normal", "shortcut")):
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_kind_matches_opencv_and_prunes_exactly(name, tmp_path):
+def test_kind_matches_opencv_exports_and_prunes_exactly(name, tmp_path):
+    from export import export_onnx, onnx_max_difference
     model, cfg, weights = write_pair(tmp_path, KINDS[name])
     assert opencv_difference(model, cfg, weights) <= 1e-4
+    export_onnx(model, tmp_path / "m.onnx", SIZE)
+    assert onnx_max_difference(model, tmp_path / "m.onnx", SIZE) < 1e-4
     check_prunes_exactly(model, tmp_path)
 
 
