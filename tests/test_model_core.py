@@ -107,12 +107,12 @@ HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1
 
 @pytest.mark.parametrize("text,needle", [
     (NET + "[foo]\nbar=1\n" + HEAD, "[foo]"),
-    (NET + "[convolutional]\nsize=3\n" + HEAD, "filters"),
-    (NET + "[convolutional]\nfilters=8\nsize=3\n[route]\nlayers=7\n" + HEAD, "layers=7"),
-    (NET + "[convolutional]\nfilters=8\nsize=3\n[shortcut]\nfrom=-5\n" + HEAD, "from=-5"),
+    (NET + "[convolutional]\nsize=3\nactivation=leaky\n" + HEAD, "filters"),
+    (NET + "[convolutional]\nfilters=8\nsize=3\nactivation=leaky\n[route]\nlayers=7\n" + HEAD, "layers=7"),
+    (NET + "[convolutional]\nfilters=8\nsize=3\nactivation=leaky\n[shortcut]\nfrom=-5\n" + HEAD, "from=-5"),
     (NET + "[convolutional]\nfilters=8\nsize 3\n", "key=value"),
-    (NET + "[convolutional]\nfilters=8\nsize=3\n[convolutional]\nfilters=8\nsize=3\nstride=2\n"
-     "[route]\nlayers=-1,0\n" + HEAD, "different resolutions"),
+    (NET + "[convolutional]\nfilters=8\nsize=3\nactivation=leaky\n[convolutional]\nfilters=8\nsize=3\nstride=2\n"
+     "activation=leaky\n[route]\nlayers=-1,0\n" + HEAD, "different resolutions"),
     (NET + "[convolutional]\nfilters=17\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n",
      "filters=17"),
 ])

@@ -341,6 +341,7 @@ class Convolutional(Kind):
     refused = {"dilation": 1, "antialiasing": 0, "xnor": 0, "binary": 0, "flipped": 0, "deform": 0,
                "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "coordconv": 0, "share_index": None,
                "bin_output": 0}
+    required = ("activation",)     # Darknet's default is logistic, OpenCV's linear
     activation = "logistic"
     has_weights = True
 
@@ -688,6 +689,7 @@ class ReorgKind(Kind):
 class Yolo(Kind):
     name = "yolo"
     is_head = True
+    required = ("classes",)        # Darknet's default is 20; OpenCV has none
 
     def check_options(self, mdef):
         super().check_options(mdef)
@@ -708,7 +710,7 @@ class Yolo(Kind):
 
     def build(self, mdef, srcs, in_width):
         anchors = self.anchors(mdef)
-        nc = get_int(mdef, "classes", 80)
+        nc = get_int(mdef, "classes")
         if nc < 1:
             raise CfgError(f"{mdef.where()}: classes={nc} must be at least 1")
         if in_width != len(anchors) * (nc + 5):
