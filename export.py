@@ -32,7 +32,8 @@ def export_onnx(model, path, img_size, opset=13):
     names = ["detections"] + [f"head{k}" for k in range(len(model.yolo_layers))]
     with warnings.catch_warnings(), atomic_write(path, "wb") as f:
         warnings.simplefilter("ignore")  # the tracer's constant-folding notes are not for users
-        torch.onnx.export(_Exportable(model), torch.zeros(1, model.in_channels, h, w), f, dynamo=False, opset_version=opset,
+        x = torch.zeros(1, model.in_channels, h, w)
+        torch.onnx.export(_Exportable(model), x, f, dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=names)
     return names
 

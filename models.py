@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from utils.errors import CfgError, WeightsError
 from utils.io import atomic_write
-from utils.layers import YOLOLayer, check_section, get_int, kind_of, layer_shapes, layer_sources  # noqa: F401
+from utils.layers import check_section, get_int, kind_of, layer_shapes, layer_sources
 from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
 
 DEFAULT_VERSION = (0, 2, 5)

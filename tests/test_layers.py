@@ -60,7 +60,8 @@ def write_pair(tmp_path, text, seed=1):
 
 def opencv_difference(model, cfg, weights, seed=0):
     x = np.random.default_rng(seed).random((1, model.in_channels, SIZE, SIZE), dtype=np.float32)
-    return max_layout_difference(torch_in_opencv_layout(model, x), opencv_forward(read_net(cfg, weights, exact=True), x))
+    theirs = opencv_forward(read_net(cfg, weights, exact=True), x)
+    return max_layout_difference(torch_in_opencv_layout(model, x), theirs)
 
 
 def check_prunes_exactly(model, tmp_path, policies=("normal", "shortcut")):

@@ -714,8 +714,8 @@ class Yolo(Kind):
         if nc < 1:
             raise CfgError(f"{mdef.where()}: classes={nc} must be at least 1")
         if in_width != len(anchors) * (nc + 5):
-            raise CfgError(f"{mdef.where()}: the conv before this [yolo] has filters={in_width}, but "
-                           f"{len(anchors)} anchors x (classes {nc} + 5) = {len(anchors) * (nc + 5)}; set filters to that")
+            raise CfgError(f"{mdef.where()}: the conv before this [yolo] has filters={in_width}, but {len(anchors)} "
+                           f"anchors x (classes {nc} + 5) = {len(anchors) * (nc + 5)}; set filters to that")
         return YOLOLayer(anchors, nc, get_number(mdef, "scale_x_y", 1.0), get_int(mdef, "new_coords", 0))
 
     def run(self, module, x, outputs):

@@ -1,9 +1,10 @@
 """What can be pruned, derived from ``module_defs`` alone.
 
-Channels flow from a conv through upsample, maxpool, single-input routes and shortcut
-sums unchanged; routes concatenate them. Layers whose outputs are the same channel
-space (joined by ``[shortcut]``, or passed through unchanged) are put in one *channel
-group* with a union-find: they must keep one channel set. No layer index appears in
+Channels flow from a conv through upsample, maxpool, avgpool, single-input routes and
+shortcut sums unchanged; routes concatenate them; [sam], [scale_channels], [reorg], grouped
+convs and shortcuts of different widths freeze them (each kind says which, utils/layers.py).
+Layers whose outputs are the same channel space (joined by ``[shortcut]``, or passed through
+unchanged) are put in one *channel group* with a union-find: they must keep one channel set. No layer index appears in
 this module: yolov3, -spp, -tiny, yolov4-tiny and custom cfgs are all read the same way.
 """
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Graph:
     split_of: dict                      # conv -> channel split a grouped route imposes (1 = none)
     prunable: list = field(default_factory=list)   # convs whose output channels may be removed
     blocks: list = field(default_factory=list)     # removable residual blocks
+    kinds: list = field(default_factory=list)      # the utils/layers.py kind of every layer
 
     def shortcut_groups(self):
         """Channel groups written by more than one conv: the convs meeting at shortcuts."""
@@ -109,13 +111,14 @@ def analyze(module_defs, in_channels=3):
                 for c in groups.get(group_of[j], []):
                     split_of[c] = _lcm(split_of[c], mdef["groups"])
     heads = [i for i, k in enumerate(kinds) if k.is_head]
-    head_convs = {c for c in convs if group_of[c] in frozen and any(group_of[sources[h][0]] == group_of[c] for h in heads)}
+    head_groups = {group_of[sources[h][0]] for h in heads}
+    head_convs = {c for c in convs if group_of[c] in frozen and group_of[c] in head_groups}
     bn_convs = [c for c in convs if defs[c].get("batch_normalize", 0)]
     prunable = [c for c in bn_convs if group_of[c] not in frozen
                 and all(defs[m].get("batch_normalize", 0) for m in groups[group_of[c]])]
 
-    graph = Graph(defs, sources, consumers, convs, bn_convs, group_of, groups, head_convs, split_of, prunable)
-    graph.kinds = kinds
+    graph = Graph(defs, sources, consumers, convs, bn_convs, group_of, groups, head_convs, split_of, prunable,
+                  kinds=kinds)
     graph.blocks = _residual_blocks(graph, widths)
     return graph
 
