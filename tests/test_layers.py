@@ -126,6 +126,14 @@ def test_new_coords_loss_is_finite_and_trains_scores():
     assert torch.isfinite(items).all() and items[1] > 0 and items[2] > 0
 
 
+def test_distillation_refuses_new_coords_heads():
+    from utils.distill import check_compatible
+    from utils.errors import SlimError
+    model = Darknet(parse_cfg_text(KINDS["new-coords"]))
+    with pytest.raises(SlimError, match="new_coords=1"):
+        check_compatible(model, model)
+
+
 def test_yolo_scale_x_y_does_not_change_the_stride():
     defs = parse_cfg_text(net() + STEM + head(extra="scale_x_y=1.05\n"))[1:]
     strides = layer_strides(defs)

@@ -32,6 +32,8 @@ def check_compatible(student, teacher):
         raise SlimError(f"teacher has {len(t_heads)} YOLO heads, student {len(s_heads)}; distillation needs "
                         f"the same heads (use the unpruned model of the student as --t_cfg)")
     for k, (s, t) in enumerate(zip(s_heads, t_heads)):
+        if s.new_coords or t.new_coords:   # their raw outputs are probabilities, not the logits used here
+            raise SlimError(f"head {k}: distillation of [yolo] new_coords=1 heads is not supported")
         if s.nc != t.nc or s.anchors.shape != t.anchors.shape or not torch.allclose(s.anchors, t.anchors):
             raise SlimError(f"head {k}: teacher ({t.nc} classes, anchors {t.anchors.tolist()}) and student "
                             f"({s.nc} classes, anchors {s.anchors.tolist()}) differ; distillation needs the "
