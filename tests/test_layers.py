@@ -242,3 +242,38 @@ def test_one_input_channel_through_flops_latency_export_opencv_and_pruning(tmp_p
     assert opencv_difference(model, cfg, weights) <= 1e-4
     compact, _ = prune(model, POLICIES["normal"], percent=0.5, layer_keep=0.1)
     check_written_pair(compact, tmp_path, size=SIZE)
+
+
+# ------------------------------------------------------------------ as a user runs it
+
+def run_script(*args):
+    import subprocess
+    import sys
+    root = __file__.rsplit("/tests/", 1)[0]
+    return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def test_prune_and_export_scripts_on_a_one_channel_model_with_new_kinds(tmp_path):
+    text = (net(channels=1) + STEM + "[avgpool]\n" + conv(4, size=1, act="relu", bn=0)
+            + conv(16, size=1, act="logistic", bn=0) + "[scale_channels]\nfrom=-4\n" + conv(8)
+            + head(act="logistic", extra="new_coords=1\nscale_x_y=2.0\n"))
+    _, cfg, weights = write_pair(tmp_path, text)
+    out = tmp_path / "out"
+    r = run_script("normal_prune.py", "--cfg", cfg, "--weights", weights, "--percent", "0.5", "--layer-keep", "0.1",
+                   "--img-size", str(SIZE), "--latency-runs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    pruned_cfg, pruned_weights = str(out / "m-normal.cfg"), str(out / "m-normal.weights")
+    assert Darknet(pruned_cfg).in_channels == 1
+    r = run_script("export.py", "--cfg", pruned_cfg, "--weights", pruned_weights, "--out", str(tmp_path / "p.onnx"),
+                   "--img-size", str(SIZE))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p.onnx").stat().st_size > 0
+
+
+def test_refused_option_through_a_script_is_one_error_line(tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text(net() + conv(8, extra="dilation=2\n") + head())
+    r = run_script("export.py", "--cfg", str(cfg), "--weights", str(tmp_path / "none.weights"),
+                   "--out", str(tmp_path / "x.onnx"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:") and "dilation=2" in r.stderr
