@@ -32,6 +32,12 @@ def head(nc=2, act="linear", extra=""):
 
 
 STEM = conv(8) + conv(16, stride=2)
+
+
+def block(filters):
+    return conv(filters // 2, size=1) + conv(filters) + "[shortcut]\nfrom=-3\nactivation=linear\n"
+
+
 KINDS = {
     # Darknet adds a shortcut of another width over the common channels; output = previous layer's width
     "shortcut-narrower-from": net() + STEM + conv(8) + conv(16) + "[shortcut]\nfrom=-2\nactivation=linear\n" + head(),
@@ -42,6 +48,9 @@ KINDS = {
     + conv(16, size=1, act="logistic", bn=0) + "[scale_channels]\nfrom=-4\nactivation=mish\n" + conv(8) + head(),
     "sam": net() + STEM + conv(16, size=1, act="logistic") + "[sam]\nfrom=-2\nactivation=leaky\n" + conv(8) + head(),
     "reorg": net() + STEM + "[reorg]\nstride=2\n" + conv(8) + head(),
+    # the shortcut policy prunes the residual stream through [avgpool]; [reorg] freezes its stream
+    "residual-avgpool": net() + STEM + block(16) + block(16) + "[avgpool]\n" + conv(8, size=1) + head(),
+    "residual-reorg": net() + STEM + block(16) + "[reorg]\nstride=2\n" + conv(8) + head(),
     "maxpool-stride1-route-groups": net() + STEM + "[maxpool]\nsize=3\nstride=1\n"
     + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8) + "[route]\nlayers=-1,-3\n" + conv(8) + head(),
 }
@@ -94,6 +103,22 @@ def test_reorg_is_not_a_plain_space_to_depth():
     assert ours.shape == (1, 32, 2, 2)
     assert not torch.allclose(ours, torch.nn.functional.pixel_unshuffle(x, 2))
     assert torch.equal(ours.flatten().sort().values, x.flatten().sort().values)   # a permutation
+
+
+def test_residual_stream_prunes_through_avgpool_but_not_into_reorg():
+    for name, prunable in (("residual-avgpool", True), ("residual-reorg", False)):
+        model = randomize_weights(Darknet(parse_cfg_text(KINDS[name])))
+        graph = analyze(model.module_defs)
+        (stream,) = graph.shortcut_groups()
+        assert (stream[0] in graph.prunable) == prunable
+        if prunable:
+            with torch.no_grad():       # a sparsity-trained stream: half its channels near zero
+                for c in stream:
+                    model.module_list[c].BatchNorm2d.weight[::2] = 1e-3
+            plan = plan_channels(model, graph, POLICIES["shortcut"], 0.5, layer_keep=0.1)
+            assert not plan.masks[stream[0]].all()
+            compact = build_compact(model, plan, graph)
+            assert relative_difference(compact, zeroed_reference(model, plan), size=SIZE) < 1e-6
 
 
 def test_frozen_kinds_keep_their_inputs_whole(tmp_path):
@@ -199,10 +224,6 @@ def test_grouped_conv_after_concatenation_is_frozen_not_mispruned(tmp_path):
     route = next(i for i, d in enumerate(model.module_defs) if d["type"] == "route")
     assert not set(graph.sources[route]) & set(graph.prunable)
     check_prunes_exactly(model, tmp_path, policies=("normal",))
-
-
-def block(filters):
-    return conv(filters // 2, size=1) + conv(filters) + "[shortcut]\nfrom=-3\nactivation=linear\n"
 
 
 def test_block_whose_inner_conv_is_routed_is_not_removable(tmp_path):
