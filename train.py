@@ -223,9 +223,7 @@ def prepare_run_folder(opt, ddp):
     if exists and not (opt.resume or opt.exist_ok):
         raise SlimError(f"{opt.out}: run folder exists and is not empty; pick another --out, "
                         f"or pass --resume to continue it or --exist-ok to write into it")
-    ddp.barrier()  # every rank checks before rank 0 creates the folder
-    if ddp.master:
-        os.makedirs(opt.out, exist_ok=True)
+    ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
 
 
 def apply_saved_options(opt, saved):
@@ -440,6 +438,8 @@ class Trainer:
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        if self.ddp.master:   # only now: a run refused during setup leaves no folder behind
+            os.makedirs(opt.out, exist_ok=True)
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
 
