@@ -535,4 +535,4 @@ def test_gamma_histogram_line_sums_to_the_whole():
     line = gamma_histogram_line(torch.tensor([0.0005, 0.005, 0.05, 0.5, 5.0, 0.5, 0.5, 0.5]))
     assert line.startswith("|gamma| histogram: <0.001  12% ##") and "0.1-1  50% ##########" in line
     shares = [int(s) for s in re.findall(r"(\d+)%", line)]
-    assert sum(shares) in (99, 100, 101) and len(shares) == 5
+    assert len(shares) == 5 and abs(sum(shares) - 100) <= 3   # each share is rounded

@@ -2,7 +2,6 @@
 
 load -> sparsity check -> plan -> compact -> write .cfg/.weights -> verify in OpenCV -> measure.
 """
-import contextlib
 import json
 import os
 import time
@@ -45,10 +44,7 @@ def output_folder(args, method):
     runs never overwrite each other. The contents are built elsewhere and renamed into it."""
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     base = args.out or os.path.join("runs", "prune", f"{stem}-{method}-{args.percent:g}")
-    if os.path.isdir(base) and not os.listdir(base):
-        with contextlib.suppress(OSError):  # an empty folder (made by the user, or a killed run): take it
-            os.rmdir(base)
-    return claim_folder(base)
+    return claim_folder(base)   # an existing folder, even an empty one, may be another run's claim
 
 
 def validate_inputs(args, channels=True):
