@@ -7,30 +7,33 @@ The direction follows the file extensions:
     python convert.py --weights yolov3-tiny.pt --out back.weights          # cfg travels inside our .pt
     python convert.py --cfg cfg/yolov3.cfg --weights yolov3.weights --out darknet53.conv.74 --cutoff 74
 
-A ``.pt``/``.pth`` name means our checkpoint; any other name is a Darknet weights file (backbone
-files such as ``darknet53.conv.74`` have no ``.weights`` extension). Outputs are written atomically
-and never over an input.
+The input is recognised by its content (a checkpoint of ours under any name, or a Darknet
+weights file); the output format follows the --out name: ``.pt``/``.pth``/``.ckpt`` write our
+checkpoint, any other name a Darknet weights file (backbone files such as ``darknet53.conv.74``
+have no ``.weights`` extension). Outputs are written atomically and never over an input.
 """
-import argparse
 import os
 
 from models import Darknet, load_weights, model_from_checkpoint, save_checkpoint
+from utils import cli_checks as checks
 from utils.errors import SlimError, cli_main
-from utils.io import refuse_overwrite
+from utils.io import is_torch_file, refuse_overwrite
 
-CHECKPOINT_EXTS = (".pt", ".pth")
+CHECKPOINT_EXTS = (".pt", ".pth", ".ckpt")
 
 
 def is_checkpoint(path):
+    """For outputs (which do not exist yet): the name decides the format."""
     return os.fspath(path).lower().endswith(CHECKPOINT_EXTS)
 
 
 def build_model(cfg, weights, cutoff=None):
-    """The model the input describes: from --cfg when given, else from the cfg inside our .pt."""
+    """The model the input describes: from --cfg when given, else from the cfg inside our checkpoint."""
     if cfg:
+        checks.check_cfg(cfg)
         model = Darknet(cfg)
-        return load_weights(model, weights, cutoff if not is_checkpoint(weights) else None)
-    if not is_checkpoint(weights):
+        return load_weights(model, weights, cutoff if not is_torch_file(weights) else None)
+    if not is_torch_file(weights):
         raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
     return model_from_checkpoint(weights)
 
@@ -47,7 +50,7 @@ def convert(cfg, weights, out, cutoff=None):
         raise SlimError(f"--cutoff {cutoff}: the cfg has only {len(model.module_defs)} layers")
     if is_checkpoint(out):
         # the whole model goes into a .pt; a cutoff only limited what was read from a backbone file
-        extra = {"cutoff": cutoff} if cutoff is not None and not is_checkpoint(weights) else {}
+        extra = {"cutoff": cutoff} if cutoff is not None and not is_torch_file(weights) else {}
         save_checkpoint(model.checkpoint(**extra), out)
     else:
         model.save_darknet_weights(out, cutoff)
@@ -55,11 +58,14 @@ def convert(cfg, weights, out, cutoff=None):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Convert between Darknet .weights and PyTorch .pt (by extension).")
-    p.add_argument("--cfg", default=None, help="Darknet .cfg of the model (optional for our .pt inputs)")
-    p.add_argument("--weights", required=True, help="input: .weights (Darknet) or .pt (ours)")
-    p.add_argument("--out", required=True, help="output: .pt/.pth for a checkpoint, anything else for Darknet")
-    p.add_argument("--cutoff", type=int, default=None,
+    p = checks.parser("Convert between Darknet .weights and our PyTorch checkpoints.", prog="convert.py")
+    p.add_argument("--cfg", default=None, type=checks.input_file,
+                   help="Darknet .cfg of the model (optional for our checkpoints, which carry it)")
+    p.add_argument("--weights", required=True, type=checks.input_file,
+                   help="input: Darknet weights or our checkpoint (recognised by content)")
+    p.add_argument("--out", required=True, type=checks.output_file,
+                   help="output: .pt/.pth/.ckpt for a checkpoint, anything else for Darknet weights")
+    p.add_argument("--cutoff", type=checks.positive_int, default=None,
                    help="only the layers before this index (backbone files such as darknet53.conv.74)")
     return p.parse_args(argv)
 

@@ -10,9 +10,9 @@ For every image the output folder gets the annotated image (same file name) and
 ``image<TAB>class<TAB>name<TAB>confidence<TAB>x1<TAB>y1<TAB>x2<TAB>y2`` in original-image pixels.
 Inputs are never overwritten: an --out that holds any input image is refused.
 """
-import argparse
 import json
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -21,23 +21,23 @@ import torch
 from models import load_model, model_from_checkpoint
 from utils.datasets import LoadImages, letterbox, make_divisible, read_image, to_tensor
 from utils.errors import SlimError, WeightsError, cli_main
-from utils.io import atomic_write, refuse_overwrite
+from utils import cli_checks as checks
+from utils.io import atomic_write, is_torch_file, refuse_overwrite
 from utils.metrics import non_max_suppression, scale_coords
-from utils.parse_config import load_classes
 
 
 # ----------------------------------------------------------------------------- inference
 def load_detector(cfg, weights, img_size=416, backend="torch"):
     """An eval-mode Darknet model (torch backend) or a cv2.dnn net (opencv backend)."""
     if backend == "opencv":
-        if not cfg or str(weights).endswith(".pt"):
+        if not cfg or is_torch_file(weights):
             raise SlimError(f"{weights}: the opencv backend needs a Darknet --cfg and .weights pair; "
                             f"write one with convert.py")
         from utils.opencv_dnn import read_net
         return read_net(cfg, weights)
     if cfg:
         model = load_model(cfg, weights, img_size)
-    elif str(weights).endswith(".pt"):
+    elif is_torch_file(weights):
         model = model_from_checkpoint(weights, img_size)
     else:
         raise WeightsError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
@@ -66,11 +66,14 @@ def opencv_predict(net, blob, hw):
     return torch.from_numpy(rows)[None]
 
 
-def detect_image(model_or_net, img_bgr, img_size=416, conf_thres=0.25, iou_thres=0.45):
+def detect_image(model_or_net, img_bgr, img_size=416, conf_thres=0.25, iou_thres=0.45, non_finite=None):
     """Detections in one BGR image: a list of (cls, conf, x1, y1, x2, y2) in original pixels,
-    highest confidence first."""
+    highest confidence first. When the outputs hold NaN/Inf and ``non_finite`` is a list, the
+    image's shape is appended to it (NMS silently drops such rows, so the caller must warn)."""
     img, ratio, pad = letterbox(img_bgr, img_size)
     pred = predict(model_or_net, img)
+    if non_finite is not None and not bool(torch.isfinite(pred).all()):
+        non_finite.append(img_bgr.shape)
     det = non_max_suppression(pred, conf_thres, iou_thres)[0].clone()
     if len(det):
         det[:, :4] = scale_coords(img.shape, det[:, :4], img_bgr.shape, (ratio, pad))
@@ -143,19 +146,34 @@ def check_out_folder(out, files):
 
 
 # ----------------------------------------------------------------------------- command line
-def run(args):
-    img_size = make_divisible(args.img_size)
-    names = load_classes(args.names) if args.names else None
+def validate_inputs(args, img_size):
+    """Every input checked before a model is built or a file written; returns (names, images)."""
+    names = checks.check_names(args.names) if args.names else None
+    if args.cfg:
+        defs = checks.check_cfg(args.cfg)
+        if names is not None:   # both backends: OpenCV would label with the wrong names silently
+            checks.check_classes(checks.cfg_classes(defs), None, None, names, args.names)
+    elif not is_torch_file(args.weights):
+        raise WeightsError(f"{args.weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
+    if args.backend == "opencv" and (not args.cfg or is_torch_file(args.weights)):
+        raise SlimError(f"{args.weights}: the opencv backend needs a Darknet --cfg and .weights pair; "
+                        f"write one with convert.py")
     images = LoadImages(args.source, img_size)
     check_out_folder(args.out, images.files)
+    return names, images
+
+
+def run(args):
+    img_size = make_divisible(args.img_size)
+    names, images = validate_inputs(args, img_size)
     detector = load_detector(args.cfg, args.weights, img_size, args.backend)
     if names and isinstance(detector, torch.nn.Module) and len(names) != detector.nc:
         raise SlimError(f"{args.names}: {len(names)} names but the model has {detector.nc} classes; pass its .names")
     from tqdm import tqdm
-    lines, total = [], 0
+    lines, total, non_finite = [], 0, []
     for path, (stem, ext) in tqdm(list(zip(images.files, output_names(images.files))), desc="detect", unit="img"):
         img = read_image(path)
-        dets = detect_image(detector, img, img_size, args.conf_thres, args.iou_thres)
+        dets = detect_image(detector, img, img_size, args.conf_thres, args.iou_thres, non_finite)
         out_img = os.path.join(args.out, stem + ext)
         out_json = os.path.join(args.out, stem + ".json")
         refuse_overwrite(out_img, path)
@@ -168,21 +186,28 @@ def run(args):
         total += len(dets)
     with atomic_write(os.path.join(args.out, "detections.txt"), "w") as f:
         f.write("".join(line + "\n" for line in lines))
+    if non_finite:
+        print(f"warning: the model's outputs hold NaN or Inf on {len(non_finite)} of {len(images.files)} images "
+              f"(first: {non_finite[0]}); its detections there are missing or wrong: check the weights",
+              file=sys.stderr)
     print(f"{total} detections in {len(images.files)} images -> {args.out}")
     return lines
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Detect objects with a Darknet model; save annotated images "
-                                            "and detections (.json per image, detections.txt for all).")
-    p.add_argument("--cfg", default=None, help="Darknet .cfg (optional with our .pt, which carries its cfg)")
-    p.add_argument("--weights", required=True, help=".weights (Darknet) or .pt (ours)")
+    p = checks.parser("Detect objects with a Darknet model; save annotated images "
+                      "and detections (.json per image, detections.txt for all).", prog="detect.py")
+    p.add_argument("--cfg", default=None, type=checks.input_file,
+                   help="Darknet .cfg (optional with our checkpoint, which carries its cfg)")
+    p.add_argument("--weights", required=True, type=checks.input_file, help="Darknet .weights or our checkpoint")
     p.add_argument("--source", required=True, help="an image, a folder of images or a glob pattern")
-    p.add_argument("--names", default=None, help=".names file for class labels (default: class numbers)")
-    p.add_argument("--img-size", type=int, default=416, help="network input size, a multiple of 32 (default 416)")
-    p.add_argument("--conf-thres", type=float, default=0.25, help="minimum obj*class confidence (default 0.25)")
-    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--out", default=os.path.join("runs", "detect"), help="output folder (default runs/detect)")
+    p.add_argument("--names", default=None, type=checks.input_file,
+                   help=".names file for class labels (default: class numbers)")
+    p.add_argument("--img-size", type=checks.img_size, default=416,
+                   help="network input size, rounded up to a multiple of 32")
+    p.add_argument("--conf-thres", type=checks.fraction, default=0.25, help="minimum obj*class confidence, in [0, 1]")
+    p.add_argument("--iou-thres", type=checks.fraction, default=0.45, help="NMS IoU threshold, in [0, 1]")
+    p.add_argument("--out", default=os.path.join("runs", "detect"), type=checks.output_dir, help="output folder")
     p.add_argument("--backend", choices=("torch", "opencv"), default="torch",
                    help="torch (our model) or opencv (cv2.dnn's Darknet importer, .weights only)")
     return p.parse_args(argv)

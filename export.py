@@ -3,7 +3,6 @@
 Outputs: ``detections`` (1, N, 5+nc: xywh in input pixels, objectness, class scores, as
 ``Darknet.forward`` in eval mode) and one raw head tensor per [yolo] layer.
 """
-import argparse
 import os
 import warnings
 
@@ -12,7 +11,9 @@ import torch
 
 from models import load_model
 from utils.errors import SlimError, cli_main
+from utils import cli_checks as checks
 from utils.io import atomic_write, refuse_overwrite
+from utils.opencv_dnn import finite_max
 
 
 class _Exportable(torch.nn.Module):
@@ -47,20 +48,22 @@ def onnx_max_difference(model, path, img_size, seed=0):
     theirs = session.run(None, {"images": x})
     with torch.no_grad():
         ours = _Exportable(model.eval())(torch.from_numpy(x))
-    return max(float((np.abs(a.numpy() - b) / np.maximum(1.0, np.abs(b))).max()) for a, b in zip(ours, theirs))
+    return finite_max(np.abs(a.numpy() - b) / np.maximum(1.0, np.abs(b)) for a, b in zip(ours, theirs))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", required=True, help="Darknet .cfg")
-    p.add_argument("--weights", required=True, help=".weights or .pt")
-    p.add_argument("--out", required=True, help="output .onnx path")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the cfg's)")
-    p.add_argument("--opset", type=int, default=13)
+    p = checks.parser(__doc__, prog="export.py")
+    p.add_argument("--cfg", required=True, type=checks.input_file, help="Darknet .cfg")
+    p.add_argument("--weights", required=True, type=checks.input_file, help="Darknet weights or our checkpoint")
+    p.add_argument("--out", required=True, type=checks.output_file, help="output .onnx path")
+    p.add_argument("--img-size", type=checks.img_size, default=None,
+                   help="input size, rounded up to a multiple of 32 (default: the cfg's)")
+    p.add_argument("--opset", type=checks.number(int, lo=9, hi=20), default=13, help="ONNX opset version")
     args = p.parse_args(argv)
     if not args.out.endswith(".onnx"):
         raise SlimError(f"{args.out}: the output name must end in .onnx")
     refuse_overwrite(args.out, args.cfg, args.weights)
+    checks.check_cfg(args.cfg)
     model = load_model(args.cfg, args.weights, args.img_size)
     size = args.img_size or model.img_size[0]
     export_onnx(model, args.out, size, args.opset)

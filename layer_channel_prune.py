@@ -5,12 +5,13 @@ adds only a constant to the stream, which is folded into the layers that read it
 Channels are then pruned as shortcut_prune does (set --percent 0 to remove layers only).
 """
 from utils.errors import cli_main
+from utils.cli_checks import count
 from utils.prune_cli import base_parser, run_prune
 
 
 def main(argv=None):
     p = base_parser(__doc__, percent_default=0.5)
-    p.add_argument("--layers", type=int, default=4, help="residual blocks to remove")
+    p.add_argument("--layers", type=count, default=4, help="residual blocks to remove")
     args = p.parse_args(argv)
     return run_prune(args, "shortcut", f"layer{args.layers}-channel", n_blocks=args.layers, channels=args.percent != 0)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import CfgError, WeightsError
-from utils.io import atomic_write
+from utils.io import atomic_write, is_torch_file
 from utils.layers import check_section, get_int, kind_of, layer_shapes, layer_sources
 from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
 
@@ -146,6 +146,10 @@ class Darknet(nn.Module):
             params = ([bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [conv.bias])
             for k, t in enumerate(params + [conv.weight]):
                 chunk = data[ptr:ptr + t.numel()]
+                if not np.isfinite(chunk).all():
+                    raise WeightsError(f"{path}: layer {i} ({describe_darknet_param(bn is not None, k)}) holds "
+                                       f"{non_finite_text(chunk)}; the file is corrupt or was written by a "
+                                       f"diverged training run; use an earlier checkpoint")
                 if bn is not None and k == 3 and (chunk < 0).any():
                     raise WeightsError(f"{path}: layer {i} has negative BN variances, so the file does not "
                                        f"belong to {cfg}; use the .weights written with this cfg")
@@ -241,7 +245,10 @@ def read_weights_file(path):
 
 
 def load_model(cfg, weights=None, img_size=None, cutoff=None):
-    """Darknet model from a cfg plus optional ``.weights`` or ``.pt`` file."""
+    """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours."""
+    if isinstance(cfg, (str, os.PathLike)) and img_size is None:
+        from utils.cli_checks import check_net_size
+        check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))  # width=0 must not reach PyTorch
     model = Darknet(cfg, img_size)
     if weights:
         load_weights(model, weights, cutoff)
@@ -249,23 +256,52 @@ def load_model(cfg, weights=None, img_size=None, cutoff=None):
 
 
 def load_weights(model, path, cutoff=None):
-    if str(path).endswith(".pt"):
+    """Load Darknet weights or our checkpoint into ``model``; the format is read from the file's
+    content, not its name (convert.py writes .pth/.ckpt as well as .pt)."""
+    if is_torch_file(path):
         model.load_checkpoint_state(load_checkpoint(path), path)
     else:
         model.load_darknet_weights(path, cutoff)
     return model
 
 
+def describe_darknet_param(has_bn, k):
+    """Name of the k-th array of a conv layer in Darknet's .weights order."""
+    order = ("BN beta", "BN gamma", "BN running mean", "BN running variance", "conv weights") if has_bn \
+        else ("conv bias", "conv weights")
+    return order[k]
+
+
+def non_finite_text(values):
+    values = np.asarray(values)
+    n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    return ", ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "Inf")) if n) + " value(s)"
+
+
+def check_finite_state(state, path):
+    """Refuse a state_dict with NaN/Inf in any floating tensor, naming the tensor and its layer."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            layer = key.split(".")[1] if key.startswith("module_list.") else "?"
+            raise WeightsError(f"{path}: '{key}' (layer {layer}) holds {non_finite_text(value.detach().cpu().numpy())}; "
+                               f"the checkpoint comes from a diverged run or is corrupt; use an earlier one")
+
+
 def load_checkpoint(path):
-    """torch.load with ``weights_only=True``: a checkpoint never runs pickled code."""
+    """torch.load with ``weights_only=True``: a checkpoint never runs pickled code. A model state
+    with NaN/Inf is refused here, so no loader ever builds a model from it."""
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: checkpoint not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, unsafe globals: all mean "not a safe checkpoint of ours"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: cannot be loaded safely as a checkpoint ({first[:160]}); "
-                           f"only .pt files written by this toolkit are accepted") from None
+                           f"only checkpoints written by this toolkit are accepted") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if isinstance(state, dict):
+        check_finite_state(state, path)
+    return ckpt
 
 
 def save_checkpoint(ckpt, path):
@@ -274,9 +310,13 @@ def save_checkpoint(ckpt, path):
 
 
 def model_from_checkpoint(path, img_size=None):
-    """Rebuild a model from a .pt of ours alone: the cfg text travels inside the checkpoint."""
+    """Rebuild a model from a checkpoint of ours alone: the cfg text travels inside it."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("cfg"), str):
         raise WeightsError(f"{path}: has no cfg inside; pass --cfg with it")
-    model = Darknet(parse_cfg_text(ckpt["cfg"], path), img_size)
+    defs = parse_cfg_text(ckpt["cfg"], path)
+    if img_size is None:
+        from utils.cli_checks import check_net_size
+        check_net_size(defs, path)
+    model = Darknet(defs, img_size)
     return model.load_checkpoint_state(ckpt, path)

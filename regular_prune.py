@@ -3,17 +3,16 @@
 Hardware runs convolutions fastest on regular widths; an odd count like 23 wastes lanes.
 """
 from utils.errors import cli_main
+from utils.cli_checks import count
 from utils.prune_cli import base_parser, run_prune
 from utils.prune_utils import POLICIES, Policy
 
 
 def main(argv=None):
     p = base_parser(__doc__)
-    p.add_argument("--multiple", type=int, default=0,
+    p.add_argument("--multiple", type=count, default=0,
                    help="round kept counts up to a multiple of this (e.g. 8); 0 = round up to a power of two")
     args = p.parse_args(argv)
-    if args.multiple < 0:
-        p.error("--multiple must be >= 0")
     if args.multiple:
         policy = Policy(f"regular-x{args.multiple}", rounding="multiple", multiple=args.multiple)
     else:

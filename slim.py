@@ -15,6 +15,7 @@ import shutil
 import sys
 
 
+from utils import cli_checks as checks
 from utils.errors import SlimError, cli_main
 from utils.io import atomic_write
 from utils.pipeline import (Method, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
@@ -22,26 +23,29 @@ from utils.pipeline import (Method, ensure_data, machine_line, markdown_table, m
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/slim", help="run folder (stages found there are reused)")
-    p.add_argument("--cfg", default="cfg/yolov3-narrow.cfg")
-    p.add_argument("--data-dir", default="data/shapes-slim", help="where the synthetic set is generated")
-    p.add_argument("--n-train", type=int, default=800)
-    p.add_argument("--n-val", type=int, default=200)
-    p.add_argument("--img-size", type=int, default=160)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=10, help="normal training epochs")
-    p.add_argument("--sparse-epochs", type=int, default=8)
-    p.add_argument("--s", type=float, default=0.02,
+    p = checks.Parser(prog="slim.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/slim", type=checks.output_dir, help="run folder (stages found there are reused)")
+    p.add_argument("--cfg", default="cfg/yolov3-narrow.cfg", type=checks.input_file)
+    p.add_argument("--data-dir", default="data/shapes-slim", type=checks.output_dir,
+                   help="where the synthetic set is generated")
+    p.add_argument("--n-train", type=checks.positive_int, default=800)
+    p.add_argument("--n-val", type=checks.positive_int, default=200)
+    p.add_argument("--img-size", type=checks.img_size, default=160)
+    p.add_argument("--batch-size", type=checks.positive_int, default=16)
+    p.add_argument("--epochs", type=checks.positive_int, default=10, help="normal training epochs")
+    p.add_argument("--sparse-epochs", type=checks.positive_int, default=8)
+    p.add_argument("--s", type=checks.non_negative_float, default=0.02,
                    help="sparsity strength (constant, with a constant LR: under Adam a gamma moves about lr "
                         "per step, so a decaying LR stops the collapse; see docs/TRAINING.md)")
-    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--finetune-epochs", type=checks.positive_int, default=4)
     p.add_argument("--method", choices=["normal", "regular-x8", "shortcut", "layer-channel"], default="shortcut")
-    p.add_argument("--percent", type=float, default=0.7)
-    p.add_argument("--layer-keep", type=float, default=0.05)
-    p.add_argument("--lr0", type=float, default=0.003)
-    p.add_argument("--latency-runs", type=int, default=20)
-    return p.parse_args(argv)
+    p.add_argument("--percent", type=checks.open_fraction, default=0.7)
+    p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=0.05)
+    p.add_argument("--lr0", type=checks.positive_float, default=0.003)
+    p.add_argument("--latency-runs", type=checks.count, default=20)
+    args = p.parse_args(argv)
+    checks.check_cfg(args.cfg)
+    return args
 
 
 def method_for(args):

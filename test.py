@@ -10,14 +10,14 @@ import os
 # measured up to 60x slower than passive ones (set the variable yourself to override).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402  (imports below follow the environment setting on purpose)
-
-import torch
+import torch  # noqa: E402  (imports below follow the environment setting on purpose)
 from torch.utils.data import DataLoader, Subset
 
 from models import load_model, model_from_checkpoint
 from utils.datasets import LoadImagesAndLabels
+from utils import cli_checks as checks
 from utils.errors import DataError, cli_main
+from utils.io import is_torch_file
 from utils.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
                            summarize_detections, xywh2xyxy)
 from utils.parse_config import load_classes, parse_data_cfg
@@ -100,26 +100,37 @@ def evaluate(model, data, img_size=416, batch_size=16, conf_thres=0.001, iou_thr
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="test.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", help="model .cfg (may be left out when --weights is a .pt of ours)")
-    p.add_argument("--data", required=True, help=".data file; its valid= list is evaluated")
-    p.add_argument("--weights", required=True, help="Darknet .weights or .pt checkpoint")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the cfg's width)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=0.5, help="NMS IoU threshold")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N validation images")
+    p = checks.parser(__doc__.split("\n\n")[0], prog="test.py")
+    p.add_argument("--cfg", type=checks.input_file, help="model .cfg (may be left out when --weights is a checkpoint of ours)")
+    p.add_argument("--data", required=True, type=checks.input_file, help=".data file; its valid= list is evaluated")
+    p.add_argument("--weights", required=True, type=checks.input_file, help="Darknet weights or our checkpoint")
+    p.add_argument("--img-size", type=checks.img_size, default=None,
+                   help="input size, rounded up to a multiple of 32 (default: the cfg's width)")
+    p.add_argument("--batch-size", type=checks.positive_int, default=16)
+    p.add_argument("--conf-thres", type=checks.fraction, default=0.001, help="confidence threshold, in [0, 1]")
+    p.add_argument("--iou-thres", type=checks.fraction, default=0.5, help="NMS IoU threshold, in [0, 1]")
+    p.add_argument("--max-images", type=checks.positive_int, help="evaluate only the first N validation images")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     opt = p.parse_args(argv)
-    if not opt.cfg and not opt.weights.endswith(".pt"):
-        p.error("--cfg is required unless --weights is a .pt checkpoint (which holds its cfg)")
+    if not opt.cfg and not is_torch_file(opt.weights):
+        p.error("--cfg is required unless --weights is a checkpoint of ours (which holds its cfg)")
     return opt
+
+
+def validate_inputs(opt):
+    """.data (lists, names) and cfg checked before the model is built; returns the parsed .data."""
+    data = checks.check_data(opt.data)
+    if opt.cfg:
+        defs = checks.check_cfg(opt.cfg)
+        checks.check_classes(checks.cfg_classes(defs), data, opt.data)
+    return data
 
 
 def main(argv=None):
     opt = parse_args(argv)
+    data = validate_inputs(opt)
     model = load_model(opt.cfg, opt.weights, opt.img_size) if opt.cfg else model_from_checkpoint(opt.weights, opt.img_size)
+    checks.check_classes(model.nc, data, opt.data)   # a checkpoint's own cfg is known only now
     model.to(opt.device)
     img_size = opt.img_size or int(model.img_size[1])
     evaluate(model, opt.data, img_size=img_size, batch_size=opt.batch_size, conf_thres=opt.conf_thres,

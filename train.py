@@ -20,8 +20,7 @@ import os
 # measured up to 60x slower than passive ones (set the variable yourself to override).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402  (imports below follow the environment setting on purpose)
-import csv
+import csv  # noqa: E402  (imports below follow the environment setting on purpose)
 import math
 import random
 import signal
@@ -40,7 +39,8 @@ from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, 
 from utils.datasets import LoadImagesAndLabels
 from utils.distill import check_compatible, distillation_loss, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
-from utils.io import atomic_write
+from utils import cli_checks as checks
+from utils.io import atomic_write, is_torch_file
 from utils.loss import compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
@@ -50,64 +50,81 @@ RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R"
                  "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]
 # Options a resumed run takes from the command line rather than from the checkpoint: they
 # change where and how fast it runs, not what it computes.
-RUNTIME_OPTIONS = {"resume", "exist_ok", "device", "workers", "threads", "out", "quiet"}
+RUNTIME_OPTIONS = {"resume", "exist_ok", "device", "workers", "threads", "out", "quiet", "epochs_given"}
+DEFAULT_EPOCHS = 30
 
 
 # ----------------------------------------------------------------------------- options
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", help="model .cfg (may be left out when --weights is a .pt of ours)")
-    p.add_argument("--data", required=True, help=".data file (classes, train, valid, names)")
-    p.add_argument("--weights", help="initial weights: Darknet .weights or a .pt checkpoint")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size over all DDP processes")
-    p.add_argument("--img-size", type=int, help="train/test size in pixels (default: the cfg's width)")
-    p.add_argument("--out", default="runs/train", help="run folder for checkpoints and results")
+    p = checks.parser(__doc__.split("\n\n")[0], prog="train.py")
+    p.add_argument("--cfg", type=checks.input_file, help="model .cfg (may be left out when --weights is a checkpoint of ours)")
+    p.add_argument("--data", required=True, type=checks.input_file, help=".data file (classes, train, valid, names)")
+    p.add_argument("--weights", type=checks.input_file, help="initial weights: Darknet weights or our checkpoint")
+    p.add_argument("--epochs", type=checks.positive_int, default=None,
+                   help=f"total epochs (default {DEFAULT_EPOCHS}); with --resume, a larger value extends the run")
+    p.add_argument("--batch-size", type=checks.positive_int, default=16, help="total batch size over all DDP processes")
+    p.add_argument("--img-size", type=checks.img_size,
+                   help="train/test size in pixels, rounded up to a multiple of 32 (default: the cfg's width)")
+    p.add_argument("--out", default="runs/train", type=checks.output_dir, help="run folder for checkpoints and results")
     p.add_argument("--exist-ok", action="store_true", help="allow writing into an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--adam", dest="optimizer", action="store_const", const="adam", help="same as --optimizer adam")
-    p.add_argument("--lr0", type=float, help="initial learning rate (default: 0.01 SGD, 0.001 Adam)")
-    p.add_argument("--lrf", type=float, default=0.05, help="final LR as a fraction of lr0 (cosine)")
-    p.add_argument("--momentum", type=float, default=0.937, help="SGD momentum / Adam beta1")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights only (not BN, not biases)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up length")
-    p.add_argument("--bn-momentum", type=float, default=0.1,
+    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.01 SGD, 0.001 Adam)")
+    p.add_argument("--lrf", type=checks.non_negative_float, default=0.05, help="final LR as a fraction of lr0 (cosine)")
+    p.add_argument("--momentum", type=checks.number(float, lo=0, hi=1, hi_open=True), default=0.937,
+                   help="SGD momentum / Adam beta1, in [0, 1)")
+    p.add_argument("--weight-decay", type=checks.non_negative_float, default=5e-4,
+                   help="on conv weights only (not BN, not biases)")
+    p.add_argument("--warmup-epochs", type=checks.non_negative_float, default=1.0, help="linear LR warm-up length")
+    p.add_argument("--bn-momentum", type=checks.fraction, default=0.1,
                    help="BN running-stat momentum while training (the model's 0.03 lags far behind "
                         "the weights in short runs, which makes eval-mode mAP look near zero)")
     p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
                    help="loss hyperparameters, e.g. giou=0.05 obj=1.0 cls=0.5 anchor_t=4.0 match=iou")
     p.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     p.add_argument("-sr", "--sr", action="store_true", help="sparsity training: L1 on BN gammas")
-    p.add_argument("--s", type=float, default=0.001, help="sparsity strength")
+    p.add_argument("--s", type=checks.non_negative_float, default=0.001, help="sparsity strength")
     p.add_argument("--prune", type=int, choices=(0, 1, 2), default=1,
                    help="which BNs: 0 normal (skip shortcut groups), 1 shortcut (all prunable), 2 tiny")
     p.add_argument("--sr-schedule", choices=("constant", "linear", "step"), default="constant")
-    p.add_argument("--t_cfg", "--t-cfg", dest="t_cfg", help="teacher cfg for knowledge distillation")
-    p.add_argument("--t_weights", "--t-weights", dest="t_weights", help="teacher weights (.weights or .pt)")
-    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the distillation loss")
-    p.add_argument("--kd-T", type=float, default=2.0, help="distillation temperature")
-    p.add_argument("--eval-interval", type=int, default=1, help="evaluate every N epochs (and at the last)")
-    p.add_argument("--val-max-images", type=int, help="evaluate on at most this many validation images")
-    p.add_argument("--conf-thres", type=float, default=0.001, help="evaluation confidence threshold")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--t_cfg", "--t-cfg", dest="t_cfg", type=checks.input_file, help="teacher cfg for knowledge distillation")
+    p.add_argument("--t_weights", "--t-weights", dest="t_weights", type=checks.input_file,
+                   help="teacher weights (Darknet weights or our checkpoint)")
+    p.add_argument("--kd-weight", type=checks.non_negative_float, default=1.0, help="weight of the distillation loss")
+    p.add_argument("--kd-T", type=checks.positive_float, default=2.0, help="distillation temperature")
+    p.add_argument("--eval-interval", type=checks.positive_int, default=1, help="evaluate every N epochs (and at the last)")
+    p.add_argument("--val-max-images", type=checks.positive_int, help="evaluate on at most this many validation images")
+    p.add_argument("--conf-thres", type=checks.fraction, default=0.001, help="evaluation confidence threshold, in [0, 1]")
+    p.add_argument("--workers", type=checks.count, default=min(4, os.cpu_count() or 1), help="data loader processes")
     p.add_argument("--device", default="", help="'', 'cpu', 'cuda' or 'cuda:N' ('' = cuda if available)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 per process under DDP); "
+    p.add_argument("--threads", type=checks.positive_int, help="CPU threads for torch (default: torch's; 1 per process under DDP); "
                    "on a busy machine 1 can be faster than 2")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.count, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     opt = p.parse_args(argv)
     if opt.lr0 is None:
         opt.lr0 = 0.001 if opt.optimizer == "adam" else 0.01
-    if not opt.cfg and not (opt.weights and opt.weights.endswith(".pt")):
-        p.error("--cfg is required unless --weights is a .pt checkpoint (which holds its cfg)")
-    if opt.epochs < 1 or opt.batch_size < 1:
-        p.error("--epochs and --batch-size must be positive")
-    if bool(opt.t_cfg) != bool(opt.t_weights) and not (opt.t_weights or "").endswith(".pt"):
-        p.error("distillation needs --t_weights (and --t_cfg unless the weights are a .pt)")
+    opt.epochs_given = opt.epochs is not None   # on --resume only an explicit --epochs overrides the saved one
+    if opt.epochs is None:
+        opt.epochs = DEFAULT_EPOCHS
+    if not opt.resume and not opt.cfg and not (opt.weights and is_torch_file(opt.weights)):
+        p.error("--cfg is required unless --weights is a checkpoint of ours (which holds its cfg)")
+    if bool(opt.t_cfg) != bool(opt.t_weights) and not (opt.t_weights and is_torch_file(opt.t_weights)):
+        p.error("distillation needs --t_weights (and --t_cfg unless the weights are a checkpoint of ours)")
     return opt
+
+
+def validate_inputs(opt):
+    """The .data, its lists and names, and the cfgs, checked before the run folder or a model exists."""
+    data = checks.check_data(opt.data, lists=("train", "valid"))
+    for cfg in (opt.cfg, opt.t_cfg):
+        if cfg and not opt.resume:
+            defs = checks.check_cfg(cfg)
+            if cfg == opt.cfg:
+                checks.check_classes(checks.cfg_classes(defs), data, opt.data)
+    return data
 
 
 def parse_hyp(pairs):
@@ -206,15 +223,14 @@ def prepare_run_folder(opt, ddp):
     if exists and not (opt.resume or opt.exist_ok):
         raise SlimError(f"{opt.out}: run folder exists and is not empty; pick another --out, "
                         f"or pass --resume to continue it or --exist-ok to write into it")
-    ddp.barrier()  # every rank checks before rank 0 creates the folder
-    if ddp.master:
-        os.makedirs(opt.out, exist_ok=True)
+    ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
 
 
 def apply_saved_options(opt, saved):
     """On --resume the run continues with the options it was started with."""
+    extend = getattr(opt, "epochs_given", False)   # an explicit --epochs N extends (or keeps) the run
     for key, value in saved.items():
-        if key not in RUNTIME_OPTIONS and hasattr(opt, key):
+        if key not in RUNTIME_OPTIONS and hasattr(opt, key) and not (key == "epochs" and extend):
             setattr(opt, key, value)
     return opt
 
@@ -252,10 +268,7 @@ def build_teacher(opt, student, device):
 
 
 def check_classes(model, data, data_path):
-    nc = data.get("classes")
-    if nc is not None and nc != model.nc:
-        raise DataError(f"{data_path}: classes={nc} but the model's [yolo] layers have classes={model.nc}; "
-                        f"use a cfg made for this data set")
+    checks.check_classes(model.nc, data, data_path)
 
 
 class ResumableSampler(Sampler):
@@ -425,6 +438,8 @@ class Trainer:
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        if self.ddp.master:   # only now: a run refused during setup leaves no folder behind
+            os.makedirs(opt.out, exist_ok=True)
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
 
@@ -449,6 +464,9 @@ class Trainer:
         if self.sparsity is not None and "sparsity" in ckpt:
             self.sparsity.load_state_dict(ckpt["sparsity"])
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch"])
+        if self.start_epoch >= self.opt.epochs:
+            raise SlimError(f"{self.opt.out}: this run already trained {self.start_epoch} epochs; pass --epochs N "
+                            f"with N > {self.start_epoch} to extend it")
         self.partial = (ckpt["partial_losses"].clone(), int(ckpt["partial_batches"]))
         self.best_fitness = float(ckpt["best_fitness"])
         self.results, self.gamma_history = list(ckpt["results"]), list(ckpt.get("gamma_history", []))
@@ -613,8 +631,22 @@ def train(opt, on_batch_end=None):
         trainer.close()
 
 
+def resume_command(opt):
+    """The command line that continues this run from its last.pt."""
+    import shlex
+    return shlex.join(["python", sys.argv[0] if sys.argv[0].endswith(".py") else "train.py",
+                       "--data", opt.data, "--out", opt.out, "--resume"])
+
+
 def main(argv=None):
-    result = train(parse_args(argv))
+    opt = parse_args(argv)
+    validate_inputs(opt)
+    try:
+        result = train(opt)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0 and os.path.isfile(os.path.join(opt.out, "last.pt")):
+            print(f"last.pt saved; to continue this run: {resume_command(opt)}", file=sys.stderr)
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: best mAP50 {result['best_mAP50']:.4f}; weights in {result['out']}")
 

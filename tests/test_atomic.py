@@ -134,6 +134,7 @@ SAVER = textwrap.dedent(f"""
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.uniform_(0.5, 1.5)
+                m.running_mean.zero_()   # without_init leaves it uninitialised (NaN is refused on load)
         model.seen = k
         print("begin", k, flush=True)
         model.save_darknet_weights(sys.argv[2])

@@ -380,3 +380,159 @@ def test_convert_backbone_cutoff(tmp_path, small_weights):
     expect(WeightsError, lambda: load_model(cfg, backbone), re.escape(backbone), "needs --cutoff")
     load_model(cfg, backbone, cutoff=3)
     expect(SlimError, lambda: convert.convert(cfg, good, str(tmp_path / "x.weights"), cutoff=99), "--cutoff 99")
+
+
+# ----------------------------------------------------------------------------- shared checks (utils/cli_checks.py)
+def test_number_types_refuse_nan_inf_and_out_of_range():
+    import argparse
+    from utils import cli_checks as checks
+    for parse, text in ((checks.fraction, "nan"), (checks.fraction, "inf"), (checks.fraction, "1.01"),
+                        (checks.positive_int, "0"), (checks.count, "-1"), (checks.positive_float, "0"),
+                        (checks.open_fraction, "1"), (checks.img_size, "0"), (checks.img_size, "-32"),
+                        (checks.img_size, "1e3"), (checks.positive_int, "2.5")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert checks.fraction("0") == 0.0 and checks.fraction("1") == 1.0 and checks.count("0") == 0
+
+
+def test_img_size_is_rounded_up_to_32_and_says_so(capsys):
+    from utils.cli_checks import img_size
+    assert img_size("416") == 416 and capsys.readouterr().err == ""
+    assert img_size("100") == 128
+    assert "--img-size 100 is not a multiple of 32; using 128" in capsys.readouterr().err
+
+
+def test_output_checks(tmp_path):
+    import argparse
+    from utils.cli_checks import output_dir, output_file
+    afile = write(tmp_path, "f.txt", "x")
+    for check, path, words in ((output_dir, afile, "existing file"), (output_dir, afile + "/sub", "is a file"),
+                               (output_file, str(tmp_path), "is a folder"), (output_file, afile + "/x.pt", "is a file"),
+                               (output_dir, "", "empty path")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            check(path)
+    assert output_dir(str(tmp_path / "new" / "deeper")) and output_file(str(tmp_path / "new" / "m.pt"))
+    assert not (tmp_path / "new").exists()   # checking creates nothing
+
+
+@pytest.mark.parametrize("width, height", [(0, 64), (64, -32), (100, 64), ("abc", 64)])
+def test_cfg_net_size_refused_naming_the_cfg(tmp_path, width, height):
+    from utils.cli_checks import check_cfg
+    path = write(tmp_path, "size.cfg", edit(SMALL_CFG, "width=64\nheight=64", f"width={width}\nheight={height}"))
+    expect(CfgError, lambda: check_cfg(path), re.escape(path) + r":\d+ \[net\]", "must be a positive multiple of 32")
+    expect(CfgError, lambda: load_model(path), re.escape(path), "positive multiple of 32")
+
+
+def test_empty_names_file_is_an_error(tmp_path):
+    from utils.cli_checks import check_names
+    path = write(tmp_path, "empty.names", "\n \n")
+    expect(DataError, lambda: check_names(path), re.escape(path), "no class names")
+
+
+# ----------------------------------------------------------------------------- NaN and Inf
+def test_non_finite_weights_refused_with_the_layer(tmp_path, small_weights):
+    cfg, blob = small_weights
+    floats = np.frombuffer(blob[20:], "<f4").copy()
+    floats[8] = np.inf                      # layer 0's first BN gamma (after 8 betas)
+    path = write(tmp_path, "inf.weights", blob[:20] + floats.tobytes())
+    expect(WeightsError, lambda: load_model(cfg, path), re.escape(path), r"layer 0 \(BN gamma\) holds 1 Inf")
+    model = small_model(tmp_path)
+    with torch.no_grad():
+        model.module_list[2].BatchNorm2d.running_mean[0] = float("nan")
+    pt = str(tmp_path / "nan.ckpt")
+    save_checkpoint(model.checkpoint(), pt)
+    expect(WeightsError, lambda: load_model(cfg, pt), re.escape(pt), r"running_mean' \(layer 2\) holds 1 NaN")
+
+
+def test_max_difference_is_nan_aware():
+    from utils.opencv_dnn import finite_max, max_layout_difference
+    a = np.zeros((4, 7), np.float32)
+    b = a.copy()
+    b[1, 0] = np.nan
+    assert max_layout_difference([a], [b]) == float("inf")   # Python's max() once reported 0 here
+    assert finite_max([np.array([0.5]), np.array([np.nan, 1.0])]) == float("inf")
+    assert finite_max([np.array([0.5]), np.array([0.25])]) == 0.5
+
+
+def test_detect_warns_when_outputs_are_not_finite(tmp_path, small_weights):
+    """Weights that are finite but overflow float32 in the forward pass: detect says so."""
+    import cv2
+    cfg, blob = small_weights
+    floats = np.frombuffer(blob[20:], "<f4").copy()
+    floats[32:32 + 8 * 3 * 3 * 3] = 3e38      # layer 0's conv weights
+    path = write(tmp_path, "huge.weights", blob[:20] + floats.tobytes())
+    image = str(tmp_path / "img.jpg")
+    cv2.imwrite(image, np.full((64, 64, 3), 200, np.uint8))
+    done = run_cli("detect.py", "--cfg", cfg, "--weights", path, "--source", image, "--img-size", "64",
+                   "--out", tmp_path / "det")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the model's outputs hold NaN or Inf on 1 of 1 images" in done.stderr
+
+
+# ----------------------------------------------------------------------------- temporaries and folders
+def test_stale_temporaries_of_a_killed_run_are_cleaned_and_live_ones_kept(tmp_path):
+    from utils.io import atomic_write, claim_folder
+    dead = 2 ** 22 + 12345          # above the default pid_max: no process has it
+    stale = tmp_path / f".m.weights.{dead}.abc.tmp"
+    live = tmp_path / f".m.weights.{os.getpid()}.xyz.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"in progress")
+    with atomic_write(str(tmp_path / "m.weights")) as f:
+        f.write(b"whole")
+    assert not stale.exists() and live.exists()
+    # a killed prune run: its claimed (empty) folder and hidden work folder
+    (tmp_path / "run").mkdir()
+    work = tmp_path / f".run.{dead}.q1.tmp"
+    work.mkdir()
+    (work / "x.weights").write_bytes(b"partial")
+    assert claim_folder(str(tmp_path / "run")) == str(tmp_path / "run")
+    assert not work.exists()
+
+
+def test_claim_folder_is_atomic_under_a_race(tmp_path):
+    """Eight processes claim the same name at once: eight different folders."""
+    import multiprocessing
+    from utils.io import claim_folder
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        got = pool.map(claim_folder, [str(tmp_path / "out")] * 8)
+    assert len(set(got)) == 8 and all(os.path.isdir(g) for g in got)
+
+
+def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    from utils.io import atomic_folder, claim_folder
+    folder = claim_folder(str(tmp_path / "out"))
+    with pytest.raises(RuntimeError):
+        with atomic_folder(folder) as work:
+            open(os.path.join(work, "a.cfg"), "w").close()
+            raise RuntimeError("measuring failed")
+    assert os.listdir(tmp_path) == []
+    folder = claim_folder(str(tmp_path / "out"))
+    with atomic_folder(folder) as work:
+        open(os.path.join(work, "a.cfg"), "w").close()
+        assert os.listdir(folder) == []     # nothing visible under the real name until complete
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(folder) == ["a.cfg"]
+
+
+def test_torch_files_are_recognised_by_content(tmp_path, small_weights):
+    from utils.io import is_torch_file
+    cfg, blob = small_weights
+    save_checkpoint(small_model(tmp_path).checkpoint(), str(tmp_path / "a.weights"))
+    legacy = str(tmp_path / "legacy.bin")
+    torch.save({"x": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
+    assert is_torch_file(str(tmp_path / "a.weights")) and is_torch_file(legacy)
+    assert not is_torch_file(write(tmp_path, "b.pt", blob)) and not is_torch_file(str(tmp_path / "missing"))
+
+
+# ----------------------------------------------------------------------------- reports
+def test_channel_table_says_what_a_percentage_means():
+    from utils.prune_report import kept_text
+    assert kept_text(1, 256) == "kept 1/256 (pruned 99.6%)"
+    assert kept_text(128, 256) == "kept 128/256 (pruned 50.0%)"
+
+
+def test_gamma_histogram_line_sums_to_the_whole():
+    from utils.prune_cli import gamma_histogram_line
+    line = gamma_histogram_line(torch.tensor([0.0005, 0.005, 0.05, 0.5, 5.0, 0.5, 0.5, 0.5]))
+    assert line.startswith("|gamma| histogram: <0.001  12% ##") and "0.1-1  50% ##########" in line
+    shares = [int(s) for s in re.findall(r"(\d+)%", line)]
+    assert len(shares) == 5 and abs(sum(shares) - 100) <= 3   # each share is rounded

@@ -64,6 +64,20 @@ def torch_in_opencv_layout(model, x):
     return outs
 
 
+def finite_max(arrays):
+    """The largest value over ``arrays``, NaN-aware: any NaN makes it inf (Python's ``max``
+    skips NaN, which once made a NaN model pass a parity check with 0.00 difference)."""
+    worst = 0.0
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float64)
+        if a.size == 0:
+            continue
+        if np.isnan(a).any():
+            return float("inf")
+        worst = max(worst, float(a.max()))
+    return worst
+
+
 def max_layout_difference(ours, theirs):
     """Largest difference over all heads.
 
@@ -76,12 +90,12 @@ def max_layout_difference(ours, theirs):
     for a, b in zip(ours, theirs):
         if a.shape != b.shape:
             return float("inf")
-        worst = max(worst, float(np.abs(a[:, [0, 1, 4]] - b[:, [0, 1, 4]]).max()))
+        worst = max(worst, finite_max([np.abs(a[:, [0, 1, 4]] - b[:, [0, 1, 4]])]))
         scale = np.maximum(1.0, np.abs(b[:, 2:4]))
-        worst = max(worst, float((np.abs(a[:, 2:4] - b[:, 2:4]) / scale).max()))
+        worst = max(worst, finite_max([np.abs(a[:, 2:4] - b[:, 2:4]) / scale]))
         shown = b[:, 5:] > 0
         if shown.any():
-            worst = max(worst, float(np.abs(a[:, 5:][shown] - b[:, 5:][shown]).max()))
+            worst = max(worst, finite_max([np.abs(a[:, 5:][shown] - b[:, 5:][shown])]))
     return worst
 
 

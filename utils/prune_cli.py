@@ -2,7 +2,6 @@
 
 load -> sparsity check -> plan -> compact -> write .cfg/.weights -> verify in OpenCV -> measure.
 """
-import argparse
 import json
 import os
 import time
@@ -11,7 +10,8 @@ import torch
 
 from models import load_model
 from utils.errors import PruneError
-from utils.io import atomic_write
+from utils import cli_checks as checks
+from utils.io import atomic_folder, atomic_write, claim_folder, is_torch_file
 from utils.opencv_dnn import max_difference_from_opencv
 from utils.pipeline import measure
 from utils.prune_graph import analyze
@@ -22,40 +22,71 @@ NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes 
 
 
 def base_parser(description, percent_default=0.5):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cfg", required=True, help="Darknet .cfg of the model to prune")
-    p.add_argument("--weights", required=True, help="its .weights (Darknet) or .pt (train.py checkpoint)")
-    p.add_argument("--data", help=".data file; when given, mAP@0.5 is measured before and after")
-    p.add_argument("--percent", type=float, default=percent_default, help="fraction of prunable channels to remove")
-    p.add_argument("--layer-keep", type=float, default=None,
+    p = checks.parser(description)
+    p.add_argument("--cfg", required=True, type=checks.input_file, help="Darknet .cfg of the model to prune")
+    p.add_argument("--weights", required=True, type=checks.input_file,
+                   help="its Darknet .weights or a train.py checkpoint (recognised by content, any name)")
+    p.add_argument("--data", type=checks.input_file, help=".data file; when given, mAP@0.5 is measured before and after")
+    p.add_argument("--percent", type=checks.number(float, lo=0, hi=1, hi_open=True), default=percent_default,
+                   help="fraction of prunable channels to remove")
+    p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=None,
                    help="keep at least this fraction of every layer (allows a percent past the safe limit)")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the cfg's [net] width)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/prune/<cfg>-<method>-<percent>)")
-    p.add_argument("--latency-runs", type=int, default=10, help="timed runs for each latency median (0 = skip)")
+    p.add_argument("--img-size", type=checks.img_size, default=None,
+                   help="input size, rounded up to a multiple of 32 (default: the cfg's [net] width)")
+    p.add_argument("--out", type=checks.output_dir, default=None,
+                   help="output folder (default: runs/prune/<cfg>-<method>-<percent>); taken as -2, -3, ... when it exists")
+    p.add_argument("--latency-runs", type=checks.count, default=10, help="timed runs for each latency median (0 = skip)")
     return p
 
 
 def output_folder(args, method):
-    """A new folder: never reuse one that holds files, so methods and runs never overwrite each other."""
+    """A new, empty folder claimed atomically: never one that exists, so methods and concurrent
+    runs never overwrite each other. The contents are built elsewhere and renamed into it."""
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     base = args.out or os.path.join("runs", "prune", f"{stem}-{method}-{args.percent:g}")
-    folder, n = base, 2
-    while os.path.isdir(folder) and os.listdir(folder):
-        folder, n = f"{base}-{n}", n + 1
-    os.makedirs(folder, exist_ok=True)
-    return folder
+    return claim_folder(base)   # an existing folder, even an empty one, may be another run's claim
+
+
+def validate_inputs(args, channels=True):
+    """Every input checked before any model is built or file written."""
+    if channels and args.percent == 0:
+        raise PruneError(f"--percent {args.percent:g} is outside (0, 1); pass a fraction such as 0.5")
+    defs = checks.check_cfg(args.cfg)
+    if args.data:
+        data = checks.check_data(args.data)
+        checks.check_classes(checks.cfg_classes(defs), data, args.data)
+    if args.out is None:  # the default location must be writable too
+        checks.ensure(checks.output_dir, os.path.join("runs", "prune"), "--out")
+    return defs
+
+
+GAMMA_BINS = (0.001, 0.01, 0.1, 1.0)  # decades of |gamma| for the one-line histogram
+
+
+def gamma_histogram_line(gammas):
+    """'|gamma| <0.001 0% | 0.001-0.01 2% # | ...': the share of prunable gammas per decade."""
+    edges = (0.0, *GAMMA_BINS, float("inf"))
+    parts = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        share = float(((gammas >= lo) & (gammas < hi)).float().mean())
+        label = f"<{hi:g}" if lo == 0 else f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
+        parts.append(f"{label} {share:4.0%} {'#' * round(share * 20)}".rstrip())
+    return "|gamma| histogram: " + " | ".join(parts)
 
 
 def sparsity_report(model, graph, policy, percent):
-    """Fraction of prunable gammas near zero; warn when pruning goes far past it."""
+    """How sparse the prunable gammas are, before pruning; warn plainly when the model does not
+    look sparsity-trained, since then any percent cuts channels that still carry signal."""
     units = make_units(model, graph, policy)
     gammas = torch.cat([unit_scores(model, u, "bn") for u in units])
     near = float((gammas < NEAR_ZERO).float().mean())
-    line = f"sparsity: {near:.1%} of {gammas.numel()} prunable |gamma| are below {NEAR_ZERO} (median {float(gammas.median()):.3g})"
-    print(line)
+    print(f"sparsity: {near:.1%} of {gammas.numel()} prunable |gamma| are below {NEAR_ZERO} "
+          f"(median {float(gammas.median()):.3g})")
+    print(gamma_histogram_line(gammas))
     if policy.importance == "bn" and percent > near + 0.1:
-        print(f"warning: --percent {percent:g} removes {percent:.0%} of channels but only {near:.1%} are near zero: "
-              f"this model does not look sparsity-trained (train.py -sr); expect a large mAP drop until fine-tuned")
+        print(f"warning: this model does not look sparsity-trained: --percent {percent:g} removes {percent:.0%} "
+              f"of the channels but only {near:.1%} have |gamma| below {NEAR_ZERO}, so live channels are cut "
+              f"and accuracy may collapse (check with --data); sparsity-train first (train.py -sr) or lower --percent")
     return near
 
 
@@ -63,12 +94,12 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     """The whole prune run behind every script. Returns the summary dict it also writes.
 
     ``policy`` is a Policy or the name of one in POLICIES; ``channels=False`` skips channel
-    pruning (layer removal only).
+    pruning (layer removal only). Inputs are checked first; the output folder appears
+    complete (pair + summary.json) or not at all.
     """
     policy = POLICIES[policy] if isinstance(policy, str) else policy
     percent = args.percent if channels else None
-    if percent is not None and not 0 < percent < 1:
-        raise PruneError(f"--percent {percent} is outside (0, 1); pass a fraction such as 0.5")
+    validate_inputs(args, channels)
     model = load_model(args.cfg, args.weights, args.img_size).eval()
     graph = analyze(model.module_defs)
     if percent is not None:
@@ -83,19 +114,28 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
 
     folder = output_folder(args, method)
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
-    cfg_out, weights_out = write_pruned(compact, folder, f"{stem}-{method}")
+    with atomic_folder(folder) as work:
+        summary = _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem)
+    print(f"wrote {folder}")
+    return summary
+
+
+def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem):
+    """Write the pair into ``work`` (renamed to ``folder`` afterwards), verify and measure it."""
+    work_cfg, work_weights = write_pruned(compact, work, f"{stem}-{method}")
+    cfg_out, weights_out = (os.path.join(folder, os.path.basename(p)) for p in (work_cfg, work_weights))
     size = args.img_size or model.img_size[0]
-    diff = max_difference_from_opencv(compact, cfg_out, weights_out, size)
+    diff = max_difference_from_opencv(compact, work_cfg, work_weights, size)
     print(f"wrote {cfg_out} and {weights_out}; OpenCV DNN reads them back with max |diff| {diff:.2e} "
           f"(surgery {surgery_s:.2f} s)")
-    if diff > 1e-3:
+    if not diff <= 1e-3:  # NaN-aware: a NaN difference fails too
         raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g}; please report this")
 
-    darknet_input = not args.weights.endswith(".pt")  # a .pt has no Darknet pair for OpenCV to time
+    darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair for OpenCV to time
     before = measure(model, args.data, size, args.cfg if darknet_input else None,
                      args.weights if darknet_input else None, args.latency_runs)
-    after = measure(compact, args.data, size, cfg_out, weights_out, args.latency_runs)
-    after["weights_MB"] = os.path.getsize(weights_out) / 1e6
+    after = measure(compact, args.data, size, work_cfg, work_weights, args.latency_runs)
+    after["weights_MB"] = os.path.getsize(work_weights) / 1e6
     if darknet_input:
         before["weights_MB"] = os.path.getsize(args.weights) / 1e6
     print(comparison_table(before, after))
@@ -103,6 +143,6 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,
                "opencv_max_diff": diff, "surgery_s": surgery_s, "before": before, "after": after,
                "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None)}
-    with atomic_write(os.path.join(folder, "summary.json"), "w") as f:
+    with atomic_write(os.path.join(work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

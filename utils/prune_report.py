@@ -12,18 +12,23 @@ def _table(rows, title=None):
         return "\n".join(([title] if title else []) + lines)
 
 
+def kept_text(after, before):
+    """'kept 1/256 (pruned 99.6%)': a bare '100%' once read as 'kept all' for a layer left with one channel."""
+    return f"kept {after}/{before} (pruned {1 - after / before:.1%})"
+
+
 def channel_table(model, plans):
     """One row per conv whose width changed or that was removed."""
-    rows = [["layer", "type", "before", "after", "pruned"]]
+    rows = [["layer", "type", "before", "after", "channels"]]
     for plan in plans:
         for block in plan.removed_blocks:
             for i in (*block.convs, block.shortcut):
                 kind = model.module_defs[i]["type"] if i < len(model.module_defs) else "?"
-                rows.append([i, kind, "-", "removed", "100%"])
+                rows.append([i, kind, "-", "removed", "layer removed"])
         for i, keep in sorted(plan.masks.items()):
             before, after = keep.numel(), int(keep.sum())
             if after != before:
-                rows.append([i, "conv", before, after, f"{1 - after / before:.0%}"])
+                rows.append([i, "conv", before, after, kept_text(after, before)])
     return _table(rows, " kept channels ")
 
 

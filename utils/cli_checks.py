@@ -1,0 +1,218 @@
+"""The checks every command-line tool runs on its arguments before any work starts.
+
+Ranges are checked by argparse ``type=`` helpers, so the message names the argument and
+says what is allowed. Paths are checked for what the tool will do with them: inputs must be
+readable files, outputs must be creatable without replacing a folder, writing under a file
+or into a folder we may not write. Content checks (cfg, .data, .names) follow right after
+parsing, still before any model is built. Nothing here imports torch, so a bad command line
+is refused in well under a second of work.
+"""
+import argparse
+import math
+import os
+import sys
+
+from utils.errors import CfgError, DataError
+
+STRIDE = 32          # the largest stride of every supported network: input sizes are multiples of it
+MAX_IMG_SIZE = 4096  # beyond this a single forward pass needs tens of GB; a typo, not a wish
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line the way the toolkit reports bad files:
+    one line, ``error: ...``, exit status 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser(description, prog=None, **kwargs):
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    return Parser(prog=prog, description=description, **kwargs)
+
+
+# ----------------------------------------------------------------------------- numbers
+def _parse_number(text, kind):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _bounds_text(lo, hi, lo_open, hi_open, noun):
+    if lo is not None and hi is not None:
+        return f"{noun} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{noun} {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{noun} {'<' if hi_open else '<='} {hi:g}"
+    return noun
+
+
+def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse ``type=`` for a finite int/float within bounds; the message says the range."""
+    noun = "an integer" if kind is int else "a number"
+    allowed = _bounds_text(lo, hi, lo_open, hi_open, noun)
+
+    def parse(text):
+        value = _parse_number(text, kind)
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        above = hi is not None and (value >= hi if hi_open else value > hi)
+        if below or above:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; pass {allowed}")
+        return value
+
+    parse.__name__ = allowed  # argparse names the type in some messages
+    return parse
+
+
+positive_int = number(int, lo=1)
+count = number(int, lo=0)                                   # e.g. --latency-runs 0 = skip
+fraction = number(float, lo=0, hi=1)                        # thresholds: [0, 1]
+open_fraction = number(float, lo=0, hi=1, lo_open=True, hi_open=True)
+positive_float = number(float, lo=0, lo_open=True)
+non_negative_float = number(float, lo=0)
+
+
+def round_img_size(size, what="--img-size"):
+    """``size`` rounded up to a multiple of STRIDE, saying so when it changes (every tool alike)."""
+    rounded = int(math.ceil(size / STRIDE) * STRIDE)
+    if rounded != size:
+        print(f"warning: {what} {size} is not a multiple of {STRIDE}; using {rounded}", file=sys.stderr)
+    return rounded
+
+
+def img_size(text):
+    """argparse type for --img-size: a positive integer up to MAX_IMG_SIZE, rounded up to a multiple of 32."""
+    value = _parse_number(text, int)
+    if not 0 < value <= MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; pass a positive multiple of {STRIDE} "
+                                         f"up to {MAX_IMG_SIZE} (e.g. 416)")
+    return round_img_size(value)
+
+
+# ----------------------------------------------------------------------------- paths
+def _nonempty(text):
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return os.fspath(text)
+
+
+def input_file(text):
+    """argparse type: an existing, readable regular file."""
+    path = _nonempty(text)
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: is a folder; pass the file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{path}: no permission to read it")
+    return path
+
+
+def _check_creatable(path):
+    """The nearest existing folder above ``path`` must be a folder we may write into."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{path}: {parent} is a file, so nothing can be created under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path}: no permission to write into {parent}; choose another location")
+
+
+def output_file(text):
+    """argparse type: a file path we can create (or atomically replace): not a folder, not under a file."""
+    path = _nonempty(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: is a folder; name the file to write")
+    _check_creatable(path)
+    return path
+
+
+def output_dir(text):
+    """argparse type: a folder we can create or write into, not an existing file."""
+    path = _nonempty(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: is an existing file, not a folder; choose another --out")
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{path}: no permission to write into it; choose another --out")
+    else:
+        _check_creatable(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- file contents
+def check_net_size(module_defs, path):
+    """The cfg's [net] width/height: positive multiples of STRIDE (a 0 would reach a PyTorch error)."""
+    net = module_defs[0]
+    for key in ("width", "height"):
+        value = net.get(key, 416)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % STRIDE:
+            where = net.where() if hasattr(net, "where") else f"{path} [net]"
+            raise CfgError(f"{where}: {key}={value!r} must be a positive multiple of {STRIDE} (e.g. 416); "
+                           f"fix the cfg")
+    return module_defs
+
+
+def check_cfg(path):
+    """Parse a .cfg (syntax and [net] size) before any model is built; returns its module_defs."""
+    from utils.parse_config import parse_model_cfg
+    return check_net_size(parse_model_cfg(path), path)
+
+
+def cfg_classes(module_defs):
+    """The classes= of the cfg's first [yolo] layer (Darknet's default 20 when absent), or None."""
+    for section in module_defs:
+        if section["type"] == "yolo":
+            return section.get("classes", 20)
+    return None
+
+
+def check_names(path):
+    """Class names of a .names file; an empty one is an error, not 'no names'."""
+    from utils.parse_config import load_classes
+    names = load_classes(path)
+    if not names:
+        raise DataError(f"{path}: holds no class names; write one name per line (or leave the option out)")
+    return names
+
+
+def check_data(path, lists=("valid",)):
+    """A .data file whose ``lists`` (train/valid) exist and whose names= (if any) is non-empty."""
+    from utils.parse_config import parse_data_cfg
+    data = parse_data_cfg(path)
+    for key in lists:
+        if not data.get(key):
+            raise DataError(f"{path}: no '{key}=' line; add the image list path")
+        if not os.path.isfile(data[key]):
+            raise DataError(f"{path}: {key}={data[key]} not found; fix the path in the .data file")
+    if data.get("names"):
+        check_names(data["names"])
+    return data
+
+
+def check_classes(nc, data, data_path, names=None, names_path=None):
+    """The .data's classes= and the .names count must agree with the model's ``nc``."""
+    declared = data.get("classes") if data else None
+    if declared is not None and declared != nc:
+        raise DataError(f"{data_path}: classes={declared} but the model's [yolo] layers have classes={nc}; "
+                        f"use the .data made for this model")
+    if names is not None and len(names) != nc:
+        raise DataError(f"{names_path}: {len(names)} names but the model has {nc} classes; pass its .names")
+
+
+
+def ensure(check, value, arg):
+    """Apply an argparse ``type=`` check outside argparse (e.g. to a default), as a SlimError."""
+    from utils.errors import SlimError
+    try:
+        return check(value)
+    except argparse.ArgumentTypeError as e:
+        raise SlimError(f"argument {arg}: {e}") from None
