@@ -13,6 +13,7 @@ from models import load_model
 from utils.errors import PruneError
 from utils.io import atomic_write
 from utils.opencv_dnn import max_difference_from_opencv
+from utils.parity import TOLERANCE, within
 from utils.pipeline import measure
 from utils.prune_graph import analyze
 from utils.prune_report import channel_table, comparison_table
@@ -116,9 +117,10 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     size = args.img_size or model.img_size[0]
     diff = max_difference_from_opencv(compact, cfg_out, weights_out, size)
     print(f"wrote {cfg_out} and {weights_out}; OpenCV DNN reads them back with max |diff| {diff:.2e} "
-          f"(surgery {surgery_s:.2f} s)")
-    if diff > 1e-3:
-        raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g}; please report this")
+          f"of the head magnitude (tolerance {TOLERANCE:g}; surgery {surgery_s:.2f} s)")
+    if not within(diff):
+        raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g} of the head "
+                         f"magnitude (tolerance {TOLERANCE:g}); please report this")
 
     darknet_input = not args.weights.endswith(".pt")  # a .pt has no Darknet pair for OpenCV to time
     before = measure(model, args.data, size, args.cfg if darknet_input else None,
