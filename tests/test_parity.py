@@ -5,8 +5,8 @@ import torch
 
 from conftest import cfg_path
 from models import Darknet
-from utils.opencv_dnn import max_difference_from_opencv, max_layout_difference
-from utils.parity import TOLERANCE, scaled_difference, within
+from utils.opencv_dnn import max_difference_from_opencv, max_layout_difference, opencv_read_back, random_input
+from utils.parity import FLOAT32_FACTOR, TOLERANCE, float32_error, read_back_tolerance, scaled_difference, within
 from utils.torch_utils import randomize_weights
 
 
@@ -58,3 +58,13 @@ def test_opencv_gate_catches_a_wrong_weight(loud_tiny):
     model, cfg, weights = loud_tiny
     other = randomize_weights(Darknet(cfg_path("yolov4-tiny")), seed=1).eval()  # heads not scaled
     assert not within(max_difference_from_opencv(other, cfg, weights, 256))
+
+
+def test_gate_tolerance_follows_the_models_own_float32_error(loud_tiny):
+    model, cfg, weights = loud_tiny
+    x = random_input(128)
+    noise = float32_error(model, x)
+    assert 0 < noise < TOLERANCE / FLOAT32_FACTOR  # a small model: the fixed bound applies
+    assert read_back_tolerance(model, x) == TOLERANCE
+    diff, tolerance = opencv_read_back(model, cfg, weights, 128)
+    assert tolerance == TOLERANCE and within(diff, tolerance)

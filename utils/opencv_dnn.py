@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from utils.errors import SlimError
-from utils.parity import head_magnitudes, scaled_difference
+from utils.parity import head_magnitudes, read_back_tolerance, scaled_difference
 
 
 def read_net(cfg_path, weights_path, exact=False):
@@ -91,10 +91,21 @@ def max_layout_difference(ours, theirs, scales=None):
     return worst
 
 
+def random_input(size, seed=0):
+    return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+
+
 def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
     """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input),
     relative to each head's magnitude: compare with utils.parity.TOLERANCE."""
-    x = np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+    x = random_input(size, seed)
     return max_layout_difference(torch_in_opencv_layout(model, x),
                                  opencv_forward(read_net(cfg_path, weights_path, exact=True), x),
                                  head_magnitudes(model, x))
+
+
+def opencv_read_back(model, cfg_path, weights_path, size, seed=0):
+    """(difference, tolerance) for the read-back gate: the difference as above, the tolerance
+    from utils.parity.read_back_tolerance on the same input."""
+    return (max_difference_from_opencv(model, cfg_path, weights_path, size, seed),
+            read_back_tolerance(model, random_input(size, seed)))
