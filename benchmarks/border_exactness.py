@@ -108,9 +108,9 @@ def random_inputs(size, n, seed=0):
     return [rng.random((3, size, size), dtype=np.float32) for _ in range(n)]
 
 
-def case(name, model, policy, percent, inputs, what_inputs, layer_keep=None):
+def case(name, model, policy, percent, inputs, what_inputs):
     t0 = time.perf_counter()
-    compact, plans = prune(model, POLICIES[policy], percent, layer_keep)
+    compact, plans = prune(model, POLICIES[policy], percent)
     reference = zeroed_reference(model, plans[-1])
     rows = compare(compact, reference, inputs)
     removed = plans[-1].pruned_channels() / sum(m.numel() for m in plans[-1].masks.values())
@@ -124,36 +124,15 @@ def case(name, model, policy, percent, inputs, what_inputs, layer_keep=None):
             "inputs": what_inputs, "heads": rows}
 
 
-def sparse_map_cost(args):
-    """mAP of a sparsity-trained narrow yolov3 pruned with compensation, against the zeroed original.
-
-    Both use zero padding, so their mAP differs only by the border effect. Trains with the
-    recipe slim.py uses (cached in --run-dir; a second run reuses it).
-    """
-    from models import model_from_checkpoint
-    from test import evaluate
-    from utils.pipeline import ensure_data, run_training
-    size, optim = 160, ["--adam", "--lr0", 0.003, "--eval-interval", 100]
-    data = ensure_data(os.path.join(args.run_dir, "data"), 800, 200, size)
-    base = run_training(os.path.join(args.run_dir, "train"), os.path.join(ROOT, "cfg", "yolov3-narrow.cfg"), data,
-                        args.epochs, size, 16, extra=optim, quiet=True)
-    sparse = run_training(os.path.join(args.run_dir, "sparse"), None, data, args.sparse_epochs, size, 16,
-                          weights=base["last"], quiet=True,
-                          extra=optim + ["-sr", "--s", 0.02, "--prune", 1, "--sr-schedule", "constant", "--lrf", 1.0])
-    model = model_from_checkpoint(sparse["last"]).eval()
-    compact, plans = prune(model, POLICIES["shortcut"], args.sparse_percent, layer_keep=0.05)
-    reference = zeroed_reference(model, plans[-1])
-    maps = {name: float(evaluate(m, data, img_size=size, verbose=False, progress=False)["mAP50"])
-            for name, m in (("sparse original", model), ("gammas zeroed", reference), ("pruned", compact))}
-    print("mAP@0.5: " + ", ".join(f"{k} {v:.4f}" for k, v in maps.items()))
-    removed = plans[-1].pruned_channels() / sum(m.numel() for m in plans[-1].masks.values())
-    betas = torch.cat([model.module_list[c].BatchNorm2d.bias.detach()[~keep] for c, keep in plans[-1].masks.items()])
-    gammas = torch.cat([model.module_list[c].BatchNorm2d.weight.detach()[~keep] for c, keep in plans[-1].masks.items()])
-    res = case("narrow yolov3, sparsity-trained", model, "shortcut", args.sparse_percent,
-               random_inputs(size, 4), f"4 random images, {size}", layer_keep=0.05)
-    res.update({"mAP50": maps, "pruned_abs_beta_median": float(betas.abs().median()),
-                "pruned_abs_gamma_max": float(gammas.abs().max()), "removed_share": removed})
-    return res
+def merged_with_earlier(path, results):
+    """Rows of an earlier run for cases this run did not measure are kept (--sections runs one part)."""
+    if not os.path.isfile(path):
+        return results
+    with open(path) as f:
+        earlier = json.load(f)["results"]
+    key = lambda r: (r["model"], r["policy"])  # noqa: E731
+    fresh = {key(r) for r in results}
+    return [r for r in earlier if key(r) not in fresh] + results
 
 
 def report(results, args):
@@ -193,11 +172,7 @@ def main(argv=None):
     p.add_argument("--yolov3-size", type=int, default=416)
     p.add_argument("--yolov3-percent", type=float, default=0.5)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "border_exactness"))
-    p.add_argument("--sections", default="tiny,yolov3,sparse", help="comma list of tiny, yolov3, sparse")
-    p.add_argument("--run-dir", default=os.path.join(ROOT, "runs", "border"), help="cache of the sparse training")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--sparse-epochs", type=int, default=8)
-    p.add_argument("--sparse-percent", type=float, default=0.7)
+    p.add_argument("--sections", default="tiny,yolov3", help="comma list of tiny, yolov3")
     args = p.parse_args(argv)
     sections = set(args.sections.split(","))
 
@@ -212,8 +187,7 @@ def main(argv=None):
         for policy in ("normal", "shortcut"):
             results.append(case("yolov3 (random weights)", big, policy, args.yolov3_percent,
                                 random_inputs(args.yolov3_size, 1), f"1 random image, {args.yolov3_size}"))
-    if "sparse" in sections:
-        results.append(sparse_map_cost(args))
+    results = merged_with_earlier(args.out + ".json", results)
     with atomic_write(args.out + ".json", "w") as f:
         json.dump({"machine": machine_line(), "exact": EXACT, "results": results}, f, indent=2)
     with atomic_write(args.out + ".md", "w") as f:

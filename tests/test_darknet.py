@@ -4,6 +4,7 @@ Raw maps are compared in Darknet's BN arithmetic and relative to each head's mag
 (utils.parity.TOLERANCE = 1e-4); detections to 1 px and 0.01 in score.
 """
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,19 @@ def test_ci_cannot_pass_without_darknet(tmp_path):
     local, ci = run(False), run(True)
     assert local.returncode == 0 and "1 skipped" in local.stdout and "not installed" in local.stdout
     assert ci.returncode == 1 and "1 error" in ci.stdout and "CI=true but Darknet is not installed" in ci.stdout
+
+
+def test_border_benchmark_measures_interior_and_band(darknet, coco_tiny, tmp_path):
+    """benchmarks/border_exactness.py as a user runs it, on the real tiny: an exact interior, a measured band."""
+    out = tmp_path / "border"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "border_exactness.py"), "--sections", "tiny",
+                           "--tiny-cfg", coco_tiny["cfg"], "--tiny-weights", coco_tiny["weights"], "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((tmp_path / "border.json").read_text())["results"]
+    for head in result["heads"]:
+        ny = int(head["grid"].split("x")[0])
+        assert 0 < head["margin_cells"] < ny // 2          # a band, and an interior beyond it
+        assert head["max_raw_interior"] <= 1e-5 < head["max_raw_band"]
+        assert head["max_raw_by_distance"][head["margin_cells"] - 1] > 1e-5
+    assert "exact from (cells in)" in (tmp_path / "border.md").read_text()
