@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from utils.errors import SlimError
+from utils.parity import head_magnitudes, read_back_tolerance, scaled_difference
 
 
 def read_net(cfg_path, weights_path, exact=False):
@@ -78,29 +79,47 @@ def finite_max(arrays):
     return worst
 
 
-def max_layout_difference(ours, theirs):
-    """Largest difference over all heads.
+def max_layout_difference(ours, theirs, scales=None):
+    """Largest difference over all heads, each divided by its magnitude (``scales``, default 1).
 
     x, y, objectness and class scores are compared absolutely. w and h are anchor*exp(raw),
     so their float error grows with their size: they are compared relative to max(1, |w|).
     OpenCV zeroes class scores under its threshold, so class columns are compared only
-    where OpenCV reports a score.
+    where OpenCV reports a score. A NaN or infinity anywhere, or a shape mismatch, is an
+    infinite difference (see utils/parity.py for the scale and the tolerance).
     """
     worst = 0.0
-    for a, b in zip(ours, theirs):
+    scales = scales or [1.0] * len(ours)
+    if len(ours) != len(theirs):
+        return float("inf")
+    for a, b, scale in zip(ours, theirs, scales):
         if a.shape != b.shape:
             return float("inf")
-        worst = max(worst, finite_max([np.abs(a[:, [0, 1, 4]] - b[:, [0, 1, 4]])]))
-        scale = np.maximum(1.0, np.abs(b[:, 2:4]))
-        worst = max(worst, finite_max([np.abs(a[:, 2:4] - b[:, 2:4]) / scale]))
-        shown = b[:, 5:] > 0
-        if shown.any():
-            worst = max(worst, finite_max([np.abs(a[:, 5:][shown] - b[:, 5:][shown])]))
+        relative = np.zeros(a.shape, bool)
+        relative[:, 2:4] = True
+        # class scores OpenCV did not report are compared as equal; NaN there still counts
+        shown = (b[:, 5:] > 0) | ~np.isfinite(b[:, 5:])
+        a = a.copy()
+        a[:, 5:] = np.where(shown, a[:, 5:], b[:, 5:])
+        worst = max(worst, scaled_difference(a, b, scale, relative))
     return worst
 
 
+def random_input(size, seed=0, channels=3):
+    return np.random.default_rng(seed).random((1, channels, size, size), dtype=np.float32)
+
+
 def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
-    """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input)."""
-    x = np.random.default_rng(seed).random((1, model.in_channels, size, size), dtype=np.float32)
+    """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input),
+    relative to each head's magnitude: compare with utils.parity.TOLERANCE."""
+    x = random_input(size, seed, model.in_channels)
     return max_layout_difference(torch_in_opencv_layout(model, x),
-                                 opencv_forward(read_net(cfg_path, weights_path, exact=True), x))
+                                 opencv_forward(read_net(cfg_path, weights_path, exact=True), x),
+                                 head_magnitudes(model, x))
+
+
+def opencv_read_back(model, cfg_path, weights_path, size, seed=0):
+    """(difference, tolerance) for the read-back gate: the difference as above, the tolerance
+    from utils.parity.read_back_tolerance on the same input."""
+    return (max_difference_from_opencv(model, cfg_path, weights_path, size, seed),
+            read_back_tolerance(model, random_input(size, seed, model.in_channels)))
