@@ -90,3 +90,50 @@ def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
     x = np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
     return max_layout_difference(torch_in_opencv_layout(model, x),
                                  opencv_forward(read_net(cfg_path, weights_path, exact=True), x))
+
+
+def opencv_head_maps(net, x, yolo_layers):
+    """The maps OpenCV feeds each [yolo] layer: the head convs' outputs before any decoding.
+
+    The importer names a layer's last operation ``<op>_<index>`` and puts a permute between
+    the head conv and ``yolo_<index>``; the op before that permute is the head's output.
+    """
+    names = list(net.getLayerNames())
+    wanted = []
+    for i in yolo_layers:
+        k = names.index(f"yolo_{i}")
+        wanted.append(names[k - 2] if names[k - 1].startswith("permute") else names[k - 1])
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    return [o.copy() for o in net.forward(wanted)]
+
+
+def random_input(size, seed=0):
+    return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
+
+
+def head_maps(model, x, dtype=torch.float32):
+    """Our head maps (``forward_raw``) for an NCHW array, computed in ``dtype``."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        maps = [r.double().numpy() for r in model.to(dtype).forward_raw(torch.from_numpy(x).to(dtype))]
+    model.float().train(was_training)
+    return maps
+
+
+def max_map_difference(ours, theirs):
+    """Largest difference between two lists of head maps, relative to each map's largest
+    magnitude when that is above 1."""
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max()))))
+    return worst
+
+
+def max_raw_difference(model, cfg_path, weights_path, size, seed=0):
+    """How far OpenCV's head maps for a written pair are from ``model``'s; independent of any box decoding."""
+    x = random_input(size, seed)
+    theirs = opencv_head_maps(read_net(cfg_path, weights_path, exact=True), x, model.yolo_layers)
+    return max_map_difference(head_maps(model, x), theirs)
