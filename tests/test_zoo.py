@@ -153,20 +153,3 @@ def test_every_shipped_cfg_is_covered():
     assert names == set(ZOO)
     assert {"yolov3", "yolov3-spp", "yolov3-tiny", "yolov4-tiny", "yolov3-narrow", "yolov5s", "yolov5n"} <= names
 
-
-def test_l1_front_end_from_the_command_line(tmp_path):
-    """normal_prune.py --importance l1 as a user runs it (it once crashed printing a global
-    threshold that filter-L1 ranking does not have)."""
-    import subprocess
-    import sys
-    from conftest import ROOT
-    model = randomize_weights(Darknet(os.path.join(CFG_DIR, "yolov3-tiny-5cls.cfg")), seed=1)
-    weights = tmp_path / "tiny.weights"
-    model.save_darknet_weights(str(weights))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "normal_prune.py"), "--cfg",
-                           os.path.join(CFG_DIR, "yolov3-tiny-5cls.cfg"), "--weights", str(weights), "--importance",
-                           "l1", "--percent", "0.3", "--img-size", "128", "--latency-runs", "0", "--out",
-                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-1500:]
-    assert (tmp_path / "out" / "yolov3-tiny-5cls-l1.weights").is_file()

@@ -77,7 +77,7 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     compact, plans = prune(model, policy, percent, args.layer_keep, n_blocks)
     surgery_s = time.perf_counter() - t0
     for plan in plans:
-        if plan.threshold is not None:  # l1 importance has no global threshold: it cuts each layer by --percent
+        if plan.safe_percent is not None:
             print(f"safe limit: --percent {plan.safe_percent:.3f} (threshold {plan.threshold:.4g})")
     print(channel_table(model, plans))
 
