@@ -26,7 +26,9 @@ RAW_TOL = 1e-4       # head maps vs OpenCV, Winograd off (relative to the map's 
                      # or twice our own float32 drift from float64 where that is larger: on yolov4 fp32
                      # alone moves the maps 1.6e-4 (ours) and 1.8e-4 (OpenCV) from the fp64 result
 EXACT_SIZE = 64      # replicate padding makes that comparison exact at any size, so keep it small
-EXACT_TOL = 1e-6     # compact model vs the original with the pruned gammas zeroed (fp64, replicate padding)
+EXACT_TOL = 1e-5     # compact model vs the original with the pruned gammas zeroed (fp64, replicate padding);
+                     # the surgery itself runs in fp32: 1.5e-6 on yolov4-csp layer removal, against
+                     # 0.64 there without compensation
 ZOO = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(CFG_DIR, "*.cfg")))
 # a model above this many conv weights is "big": its default run checks one policy (the first
 # of applicable_policies), the others run with YOLOSLIM_FULL_ZOO=1 (they pass too, at about 3x the time)
