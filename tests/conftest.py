@@ -19,3 +19,19 @@ def coco_tiny():
     """The real COCO yolov3-tiny (cfg, weights, names), fetched once and cached under weights/."""
     from scripts.fetch_tiny import fetch_tiny
     return fetch_tiny(os.path.join(ROOT, "weights"))
+
+
+@pytest.fixture(scope="session")
+def darknet():
+    """The original (pjreddie) Darknet library, for tests that check files in it.
+
+    Skipped with the reason when it is not installed; under CI=true a missing Darknet is a
+    failure, so CI cannot pass without running these tests (.ci/run installs it).
+    """
+    from utils.darknet_ref import darknet_missing
+    missing = darknet_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {missing}")
+        pytest.skip(missing)
+    return True

@@ -15,16 +15,16 @@ import torch
 from conftest import CFG_DIR
 from models import Darknet
 from test_prune import relative_difference
-from utils.opencv_dnn import head_maps, max_map_difference, max_raw_difference, random_input
+from utils.opencv_dnn import max_raw_difference, random_input
+from utils.parity import read_back_tolerance
 from utils.parse_config import parse_model_cfg, write_model_cfg
 from utils.prune_graph import analyze
 from utils.prune_utils import POLICIES, build_compact, plan_layers, prune, write_pruned, zeroed_reference
 from utils.torch_utils import count_params, randomize_weights
 
 SIZE = 128           # every shipped model's largest stride (32) divides it
-RAW_TOL = 1e-4       # head maps vs OpenCV, Winograd off (relative to the map's largest |value| above 1),
-                     # or twice our own float32 drift from float64 where that is larger: on yolov4 fp32
-                     # alone moves the maps 1.6e-4 (ours) and 1.8e-4 (OpenCV) from the fp64 result
+# head maps vs OpenCV (Winograd off): utils.parity's read-back gate, 1e-4 of each head's magnitude
+# or 4x the model's own float32 error where that is larger (yolov4: fp32 alone moves the maps 1.6e-4)
 EXACT_SIZE = 64      # replicate padding makes that comparison exact at any size, so keep it small
 EXACT_TOL = 1e-5     # compact model vs the original with the pruned gammas zeroed (fp64, replicate padding);
                      # the surgery itself runs in fp32: 1.5e-6 on yolov4-csp layer removal, against
@@ -79,13 +79,6 @@ def applicable_policies(defs):
     return found
 
 
-def parity_tolerance(model):
-    """RAW_TOL, or twice the model's own float32 rounding where deep nets exceed it."""
-    x = random_input(SIZE)
-    fp32_drift = max_map_difference(head_maps(model, x), head_maps(model, x, torch.float64))
-    return max(RAW_TOL, 2 * fp32_drift)
-
-
 def zoo_cases():
     cases = []
     for name in ZOO:
@@ -128,7 +121,7 @@ def test_builds_and_matches_opencv(zoo, name):
     with torch.no_grad():
         raw = model.forward_raw(torch.rand(1, 3, SIZE, SIZE))
     assert len(raw) == len(model.yolo_layers) and all(torch.isfinite(r).all() for r in raw)
-    assert max_raw_difference(model, cfg, weights, SIZE) <= parity_tolerance(model)
+    assert max_raw_difference(model, cfg, weights, SIZE) <= read_back_tolerance(model, random_input(SIZE))
 
 
 @pytest.mark.parametrize("name,policy", zoo_cases())
@@ -146,7 +139,7 @@ def test_policy_prunes_and_reads_back(zoo, name, policy, tmp_path):
     assert count_params(compact) < count_params(model)
     assert relative_difference(compact, zeroed_reference(model, plan), size=EXACT_SIZE) < EXACT_TOL
     cfg, weights = write_pruned(compact, str(tmp_path), "pruned")
-    assert max_raw_difference(compact, cfg, weights, SIZE) <= parity_tolerance(compact)
+    assert max_raw_difference(compact, cfg, weights, SIZE) <= read_back_tolerance(compact, random_input(SIZE))
 
 
 def test_every_shipped_cfg_is_covered():

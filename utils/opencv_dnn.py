@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from utils.errors import SlimError
+from utils.parity import head_magnitudes, read_back_tolerance, scaled_difference
 
 
 def read_net(cfg_path, weights_path, exact=False):
@@ -37,6 +38,34 @@ def opencv_forward(net, x):
     return [o.copy() for o in net.forward(net.getUnconnectedOutLayersNames())]
 
 
+def opencv_head_maps(net, x, yolo_layers):
+    """The maps OpenCV feeds each [yolo] layer: the head convs' outputs before any decoding.
+
+    The importer names a layer's last operation ``<op>_<index>`` and puts a permute between
+    the head conv and ``yolo_<index>``; the op before that permute is the head's output.
+    """
+    names = list(net.getLayerNames())
+    wanted = []
+    for i in yolo_layers:
+        k = names.index(f"yolo_{i}")
+        wanted.append(names[k - 2] if names[k - 1].startswith("permute") else names[k - 1])
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    return [o.copy() for o in net.forward(wanted)]
+
+
+def max_raw_difference(model, cfg_path, weights_path, size, seed=0):
+    """How far OpenCV's head maps for a written pair are from ``model``'s ``forward_raw``, each
+    head divided by its magnitude; independent of any box decoding. Compare with
+    utils.parity.read_back_tolerance(model, random_input(size, seed))."""
+    x = random_input(size, seed)
+    with torch.no_grad():
+        ours = [r.numpy() for r in model.eval().forward_raw(torch.from_numpy(x))]
+    theirs = opencv_head_maps(read_net(cfg_path, weights_path, exact=True), x, model.yolo_layers)
+    if len(ours) != len(theirs):
+        return float("inf")
+    return max(scaled_difference(a, b, max(1.0, float(np.abs(a).max()))) for a, b in zip(ours, theirs))
+
+
 def torch_in_opencv_layout(model, x):
     """Our model's decoded heads arranged like OpenCV's yolo outputs, for batch item 0.
 
@@ -64,76 +93,47 @@ def torch_in_opencv_layout(model, x):
     return outs
 
 
-def max_layout_difference(ours, theirs):
-    """Largest difference over all heads.
+def max_layout_difference(ours, theirs, scales=None):
+    """Largest difference over all heads, each divided by its magnitude (``scales``, default 1).
 
     x, y, objectness and class scores are compared absolutely. w and h are anchor*exp(raw),
     so their float error grows with their size: they are compared relative to max(1, |w|).
     OpenCV zeroes class scores under its threshold, so class columns are compared only
-    where OpenCV reports a score.
+    where OpenCV reports a score. A NaN or infinity anywhere, or a shape mismatch, is an
+    infinite difference (see utils/parity.py for the scale and the tolerance).
     """
     worst = 0.0
-    for a, b in zip(ours, theirs):
+    scales = scales or [1.0] * len(ours)
+    if len(ours) != len(theirs):
+        return float("inf")
+    for a, b, scale in zip(ours, theirs, scales):
         if a.shape != b.shape:
             return float("inf")
-        worst = max(worst, float(np.abs(a[:, [0, 1, 4]] - b[:, [0, 1, 4]]).max()))
-        scale = np.maximum(1.0, np.abs(b[:, 2:4]))
-        worst = max(worst, float((np.abs(a[:, 2:4] - b[:, 2:4]) / scale).max()))
-        shown = b[:, 5:] > 0
-        if shown.any():
-            worst = max(worst, float(np.abs(a[:, 5:][shown] - b[:, 5:][shown]).max()))
+        relative = np.zeros(a.shape, bool)
+        relative[:, 2:4] = True
+        # class scores OpenCV did not report are compared as equal; NaN there still counts
+        shown = (b[:, 5:] > 0) | ~np.isfinite(b[:, 5:])
+        a = a.copy()
+        a[:, 5:] = np.where(shown, a[:, 5:], b[:, 5:])
+        worst = max(worst, scaled_difference(a, b, scale, relative))
     return worst
-
-
-def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
-    """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input)."""
-    x = np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
-    return max_layout_difference(torch_in_opencv_layout(model, x),
-                                 opencv_forward(read_net(cfg_path, weights_path, exact=True), x))
-
-
-def opencv_head_maps(net, x, yolo_layers):
-    """The maps OpenCV feeds each [yolo] layer: the head convs' outputs before any decoding.
-
-    The importer names a layer's last operation ``<op>_<index>`` and puts a permute between
-    the head conv and ``yolo_<index>``; the op before that permute is the head's output.
-    """
-    names = list(net.getLayerNames())
-    wanted = []
-    for i in yolo_layers:
-        k = names.index(f"yolo_{i}")
-        wanted.append(names[k - 2] if names[k - 1].startswith("permute") else names[k - 1])
-    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
-    return [o.copy() for o in net.forward(wanted)]
 
 
 def random_input(size, seed=0):
     return np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32)
 
 
-def head_maps(model, x, dtype=torch.float32):
-    """Our head maps (``forward_raw``) for an NCHW array, computed in ``dtype``."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        maps = [r.double().numpy() for r in model.to(dtype).forward_raw(torch.from_numpy(x).to(dtype))]
-    model.float().train(was_training)
-    return maps
-
-
-def max_map_difference(ours, theirs):
-    """Largest difference between two lists of head maps, relative to each map's largest
-    magnitude when that is above 1."""
-    worst = 0.0
-    for a, b in zip(ours, theirs):
-        if a.shape != b.shape:
-            return float("inf")
-        worst = max(worst, float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max()))))
-    return worst
-
-
-def max_raw_difference(model, cfg_path, weights_path, size, seed=0):
-    """How far OpenCV's head maps for a written pair are from ``model``'s; independent of any box decoding."""
+def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
+    """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input),
+    relative to each head's magnitude: compare with utils.parity.TOLERANCE."""
     x = random_input(size, seed)
-    theirs = opencv_head_maps(read_net(cfg_path, weights_path, exact=True), x, model.yolo_layers)
-    return max_map_difference(head_maps(model, x), theirs)
+    return max_layout_difference(torch_in_opencv_layout(model, x),
+                                 opencv_forward(read_net(cfg_path, weights_path, exact=True), x),
+                                 head_magnitudes(model, x))
+
+
+def opencv_read_back(model, cfg_path, weights_path, size, seed=0):
+    """(difference, tolerance) for the read-back gate: the difference as above, the tolerance
+    from utils.parity.read_back_tolerance on the same input."""
+    return (max_difference_from_opencv(model, cfg_path, weights_path, size, seed),
+            read_back_tolerance(model, random_input(size, seed)))

@@ -1,0 +1,104 @@
+"""Our PyTorch model against the original Darknet (pjreddie, Debian's libdarknet) on the real COCO tiny.
+
+Raw maps are compared in Darknet's BN arithmetic and relative to each head's magnitude
+(utils.parity.TOLERANCE = 1e-4); detections to 1 px and 0.01 in score.
+"""
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from models import load_model
+from utils.darknet_ref import darknet_difference, run_darknet, run_darknet_many
+from utils.datasets import letterbox, read_image, to_tensor
+from utils.errors import SlimError
+from utils.metrics import non_max_suppression
+from utils.parity import TOLERANCE
+
+PHOTOS = sorted(glob.glob("/usr/share/darknet/data/*.jpg"))
+SIZE = 416
+
+
+@pytest.fixture(scope="module")
+def tiny_on_photos(darknet, coco_tiny):
+    """(model, inputs, Darknet runs) for every Debian test photo, letterboxed by our loader."""
+    assert PHOTOS, "Darknet is installed but /usr/share/darknet/data/*.jpg is missing"
+    model = load_model(coco_tiny["cfg"], coco_tiny["weights"]).eval()
+    xs = np.stack([to_tensor(letterbox(read_image(p), SIZE)[0]).numpy() for p in PHOTOS])
+    return model, xs, run_darknet_many(coco_tiny["cfg"], coco_tiny["weights"], xs)
+
+
+def test_real_tiny_raw_outputs_match_darknet(tiny_on_photos):
+    model, xs, runs = tiny_on_photos
+    for path, x, run in zip(PHOTOS, xs, runs):
+        assert darknet_difference(model, run, x) <= TOLERANCE, path
+
+
+def our_detections(model, x, thresh=0.25, nms=0.45):
+    """(class, score, cx, cy, w, h) relative to the input, one per (box, class) above thresh."""
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)[None])[0]
+    det = non_max_suppression(pred, thresh, nms, multi_label=True)[0].numpy()
+    x1, y1, x2, y2 = (det[:, k] / SIZE for k in range(4))
+    return [(int(c), float(s), *v) for c, s, *v in zip(det[:, 5], det[:, 4], (x1 + x2) / 2, (y1 + y2) / 2,
+                                                         x2 - x1, y2 - y1)]
+
+
+def unmatched(dets, others, px=1.0, score=0.01):
+    """Detections of ``dets`` with no detection of the same class in ``others`` within px and score."""
+    tol = px / SIZE
+    return [d for d in dets if not any(o[0] == d[0] and abs(o[1] - d[1]) <= score
+                                       and max(abs(a - b) for a, b in zip(o[2:], d[2:])) <= tol for o in others)]
+
+
+def test_real_tiny_detections_match_darknet(tiny_on_photos):
+    model, xs, runs = tiny_on_photos
+    total = 0
+    for path, x, run in zip(PHOTOS, xs, runs):
+        theirs, ours = run.detections(0.25), our_detections(model, x)
+        assert not unmatched(theirs, ours), f"{path}: Darknet finds what we do not"
+        assert not unmatched(ours, theirs), f"{path}: we find what Darknet does not"
+        total += len(theirs)
+    assert total >= len(PHOTOS)  # real photos, real detections: an empty comparison proves nothing
+
+
+def test_bad_pair_is_one_line_error(darknet, coco_tiny, tmp_path):
+    x = np.zeros((3, 64, 64), np.float32)
+    with pytest.raises(SlimError, match="Darknet cannot run this pair") as e:
+        run_darknet(coco_tiny["cfg"], str(tmp_path / "missing.weights"), x)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_darknet_is_one_clear_line(monkeypatch):
+    import utils.darknet_ref as ref
+    monkeypatch.setattr(ref, "LIB_PATH", "/nonexistent/libdarknet.so")
+    assert "apt-get install darknet" in ref.darknet_missing()
+    with pytest.raises(SlimError, match="Darknet is not installed"):
+        ref.run_darknet("x.cfg", "x.weights", np.zeros((3, 32, 32), np.float32))
+
+
+def test_ci_cannot_pass_without_darknet(tmp_path):
+    """The darknet fixture skips locally but fails under CI=true when the library is missing."""
+    (tmp_path / "test_needs.py").write_text(textwrap.dedent("""
+        def test_needs_darknet(darknet):
+            assert darknet
+    """))
+
+    def run(ci):
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        env["DARKNET_LIB"] = "/nonexistent/libdarknet.so"
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])  # our conftest as a plugin
+        if ci:
+            env["CI"] = "true"
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "conftest", str(tmp_path)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    local, ci = run(False), run(True)
+    assert local.returncode == 0 and "1 skipped" in local.stdout and "not installed" in local.stdout
+    assert ci.returncode == 1 and "1 error" in ci.stdout and "CI=true but Darknet is not installed" in ci.stdout
