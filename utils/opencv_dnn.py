@@ -38,6 +38,34 @@ def opencv_forward(net, x):
     return [o.copy() for o in net.forward(net.getUnconnectedOutLayersNames())]
 
 
+def opencv_head_maps(net, x, yolo_layers):
+    """The maps OpenCV feeds each [yolo] layer: the head convs' outputs before any decoding.
+
+    The importer names a layer's last operation ``<op>_<index>`` and puts a permute between
+    the head conv and ``yolo_<index>``; the op before that permute is the head's output.
+    """
+    names = list(net.getLayerNames())
+    wanted = []
+    for i in yolo_layers:
+        k = names.index(f"yolo_{i}")
+        wanted.append(names[k - 2] if names[k - 1].startswith("permute") else names[k - 1])
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    return [o.copy() for o in net.forward(wanted)]
+
+
+def max_raw_difference(model, cfg_path, weights_path, size, seed=0):
+    """How far OpenCV's head maps for a written pair are from ``model``'s ``forward_raw``, each
+    head divided by its magnitude; independent of any box decoding. Compare with
+    utils.parity.read_back_tolerance(model, random_input(size, seed))."""
+    x = random_input(size, seed)
+    with torch.no_grad():
+        ours = [r.numpy() for r in model.eval().forward_raw(torch.from_numpy(x))]
+    theirs = opencv_head_maps(read_net(cfg_path, weights_path, exact=True), x, model.yolo_layers)
+    if len(ours) != len(theirs):
+        return float("inf")
+    return max(scaled_difference(a, b, max(1.0, float(np.abs(a).max()))) for a, b in zip(ours, theirs))
+
+
 def torch_in_opencv_layout(model, x):
     """Our model's decoded heads arranged like OpenCV's yolo outputs, for batch item 0.
 
