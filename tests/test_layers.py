@@ -294,7 +294,8 @@ def test_prune_and_export_scripts_on_a_one_channel_model_with_new_kinds(tmp_path
 def test_refused_option_through_a_script_is_one_error_line(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text(net() + conv(8, extra="dilation=2\n") + head())
-    r = run_script("export.py", "--cfg", str(cfg), "--weights", str(tmp_path / "none.weights"),
+    (tmp_path / "some.weights").write_bytes(bytes(64))  # exists, so the cfg is what gets refused
+    r = run_script("export.py", "--cfg", str(cfg), "--weights", str(tmp_path / "some.weights"),
                    "--out", str(tmp_path / "x.onnx"))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:") and "dilation=2" in r.stderr
