@@ -1,6 +1,8 @@
 """Evaluate a Darknet YOLO model: precision, recall, F1, mAP@0.5 and mAP@0.5:0.95.
 
     python test.py --cfg cfg/yolov3-narrow.cfg --data data/shapes/shapes.data --weights runs/narrow/best.pt
+    python test.py --cfg pruned.cfg --weights pruned.weights --reference-cfg orig.cfg \
+        --reference-weights orig.weights --source images/      # no labels: agreement with the original
 
 ``evaluate(model, data)`` is the same code as a function for train.py and the prune scripts.
 """
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from models import load_model, model_from_checkpoint
+from utils.agreement import agreement
 from utils.datasets import LoadImagesAndLabels
 from utils.errors import DataError, cli_main
 from utils.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
@@ -103,7 +106,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="test.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cfg", help="model .cfg (may be left out when --weights is a .pt of ours)")
-    p.add_argument("--data", required=True, help=".data file; its valid= list is evaluated")
+    p.add_argument("--data", help=".data file; its valid= list is evaluated")
     p.add_argument("--weights", required=True, help="Darknet .weights or .pt checkpoint")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the cfg's width)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -111,17 +114,39 @@ def parse_args(argv=None):
     p.add_argument("--iou-thres", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--max-images", type=int, help="evaluate only the first N validation images")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    p.add_argument("--reference-cfg", help="agreement mode: cfg of the reference (e.g. unpruned) model")
+    p.add_argument("--reference-weights", help="agreement mode: its weights; its detections on --source are "
+                   "the reference boxes the model is scored against (mAP@0.5)")
+    p.add_argument("--source", help="agreement mode: a folder (or file, or glob) of unlabelled images")
     opt = p.parse_args(argv)
+    if opt.reference_weights or opt.source:
+        if not (opt.reference_weights and opt.source):
+            p.error("agreement needs both --reference-weights (with --reference-cfg unless a .pt) and --source")
+        if not opt.reference_cfg and not opt.reference_weights.endswith(".pt"):
+            p.error("--reference-cfg is required unless --reference-weights is a .pt checkpoint")
+    elif not opt.data:
+        p.error("pass --data (labelled evaluation) or --reference-weights and --source (agreement)")
     if not opt.cfg and not opt.weights.endswith(".pt"):
         p.error("--cfg is required unless --weights is a .pt checkpoint (which holds its cfg)")
     return opt
 
 
+def load_any(cfg, weights, img_size):
+    return load_model(cfg, weights, img_size) if cfg else model_from_checkpoint(weights, img_size)
+
+
 def main(argv=None):
     opt = parse_args(argv)
-    model = load_model(opt.cfg, opt.weights, opt.img_size) if opt.cfg else model_from_checkpoint(opt.weights, opt.img_size)
-    model.to(opt.device)
+    model = load_any(opt.cfg, opt.weights, opt.img_size).to(opt.device)
     img_size = opt.img_size or int(model.img_size[1])
+    if opt.source:
+        reference = load_any(opt.reference_cfg, opt.reference_weights, opt.img_size).to(opt.device)
+        if reference.nc != model.nc:
+            raise DataError(f"{opt.reference_weights}: the reference has {reference.nc} classes and "
+                            f"{opt.weights} {model.nc}; compare a pruned model with the model it came from")
+        print(agreement(reference, model, opt.source, img_size, opt.batch_size).line())
+        if not opt.data:
+            return
     evaluate(model, opt.data, img_size=img_size, batch_size=opt.batch_size, conf_thres=opt.conf_thres,
              iou_thres=opt.iou_thres, max_images=opt.max_images)
 

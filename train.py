@@ -45,6 +45,7 @@ from utils.loss import compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
+from utils.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
                  "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]
@@ -59,7 +60,14 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cfg", help="model .cfg (may be left out when --weights is a .pt of ours)")
     p.add_argument("--data", required=True, help=".data file (classes, train, valid, names)")
-    p.add_argument("--weights", help="initial weights: Darknet .weights or a .pt checkpoint")
+    p.add_argument("--weights", help="initial weights: Darknet .weights or a .pt checkpoint; with --cfg, every "
+                   "layer whose shapes match is loaded and [yolo]-feeding convs of another class count are "
+                   "re-initialised (Darknet's partial loading)")
+    p.add_argument("--weights-cfg", help="the cfg a Darknet --weights file was trained with (default: the .cfg "
+                   "beside it, else solved from its size)")
+    p.add_argument("--cutoff", type=int, help="load --weights only into layers before this index")
+    p.add_argument("--freeze", type=int, default=0, help="freeze layers 0..N-1 (weights and BN statistics)")
+    p.add_argument("--freeze-epochs", type=int, help="unfreeze after this many epochs (default: all epochs)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size over all DDP processes")
     p.add_argument("--img-size", type=int, help="train/test size in pixels (default: the cfg's width)")
@@ -221,14 +229,22 @@ def apply_saved_options(opt, saved):
 
 # ----------------------------------------------------------------------------- model and data
 def build_model(opt, device, ckpt=None):
-    """The student: from a resumed checkpoint's own cfg, or --cfg/--weights."""
+    """(student, TransferReport or None): from a resumed checkpoint's own cfg, or --cfg/--weights.
+
+    Every head that does not come from trained weights starts at the objectness/class prior.
+    """
     if ckpt is not None:   # its weights are loaded by Trainer._restore; --weights is not needed again
-        return Darknet(parse_cfg_text(ckpt["cfg"], os.path.join(opt.out, "last.pt")), opt.img_size).to(device)
+        return Darknet(parse_cfg_text(ckpt["cfg"], os.path.join(opt.out, "last.pt")), opt.img_size).to(device), None
+    report = None
     if opt.cfg:
-        model = load_model(opt.cfg, opt.weights, opt.img_size)
+        model = Darknet(opt.cfg, opt.img_size)
+        if opt.weights:
+            report = load_partial(model, opt.weights, opt.cutoff, opt.weights_cfg, opt.img_size)
+        else:
+            init_head_biases(model, opt.img_size or int(model.img_size[1]))
     else:
         model = model_from_checkpoint(opt.weights, opt.img_size)
-    return model.to(device)
+    return model.to(device), report
 
 
 def set_bn_momentum(model, momentum):
@@ -402,12 +418,12 @@ class Trainer:
             if not self.data.get(key):
                 raise DataError(f"{opt.data}: no '{key}=' line; add the image list path")
         self.names = load_classes(self.data["names"]) if self.data.get("names") else None
-        self.net = build_model(opt, self.device, self.ckpt)
+        self.net, self.transfer = build_model(opt, self.device, self.ckpt)
         set_bn_momentum(self.net, opt.bn_momentum)
         check_classes(self.net, self.data, opt.data)
         self.img_size = opt.img_size or int(self.net.img_size[1])
-        if not opt.weights and self.ckpt is None:
-            init_head_biases(self.net, self.img_size)
+        self.freeze_epochs = opt.epochs if opt.freeze_epochs is None else opt.freeze_epochs
+        self.report_transfer()
         self.teacher = build_teacher(opt, self.net, self.device)
         self.loader, self.sampler = build_train_loader(opt, self.data, self.ddp, self.img_size, self.net.nc)
         self.per_rank = self.loader.batch_size
@@ -427,6 +443,29 @@ class Trainer:
             self._restore(self.ckpt)
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
+
+    def report_transfer(self):
+        opt = self.opt
+        if opt.freeze and self.ddp.enabled:
+            raise SlimError("--freeze is not supported under DDP (torchrun); train on one process or drop --freeze")
+        if self.transfer is None and not opt.freeze:
+            return
+        if self.transfer is None:   # freezing a model loaded whole
+            self.transfer = TransferReport(opt.weights or opt.cfg, self.net.nc, self.net.nc)
+        self.transfer.frozen = [i for i, m in enumerate(self.net.module_list[:opt.freeze])
+                                if any(True for _ in m.parameters())]
+        self.transfer.freeze_epochs = self.freeze_epochs
+        if self.ddp.master:
+            print("\n".join(self.transfer.lines()), flush=True)
+
+    def apply_freeze(self, epoch):
+        """Layers 0..freeze-1 take no step and keep their BN statistics during the first epochs."""
+        n = self.opt.freeze if epoch < self.freeze_epochs else 0
+        for i, module in enumerate(self.net.module_list):
+            for prm in module.parameters():
+                prm.requires_grad_(i >= n)
+        if n:
+            keep_frozen_bn_eval(self.net, n)
 
     # -- checkpoint state
     def _state(self, epoch, batch, partial=None):
@@ -482,6 +521,9 @@ class Trainer:
         nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
         if self.sparsity is not None:
             self.sparsity.apply(epoch + i / self.nb)  # after clipping: the penalty keeps its size
+            for prm in self.net.parameters():         # the penalty must not move a frozen gamma
+                if not prm.requires_grad:
+                    prm.grad = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return torch.cat((items, kd.detach().view(1) / imgs.shape[0]))
@@ -491,6 +533,7 @@ class Trainer:
         opt, resumed = self.opt, epoch == self.start_epoch
         start = self.start_batch if resumed else 0
         self.model.train()
+        self.apply_freeze(epoch)
         self.sampler.set_epoch(epoch, start)
         sums, count = (self.partial[0].clone(), self.partial[1]) if resumed else (torch.zeros(5), 0)
         it = iter(self.loader)

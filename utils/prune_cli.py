@@ -26,6 +26,7 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--cfg", required=True, help="Darknet .cfg of the model to prune")
     p.add_argument("--weights", required=True, help="its .weights (Darknet) or .pt (train.py checkpoint)")
     p.add_argument("--data", help=".data file; when given, mAP@0.5 is measured before and after")
+    p.add_argument("--images", help="unlabelled images: the pruned model's agreement mAP@0.5 with the original")
     p.add_argument("--percent", type=float, default=percent_default, help="fraction of prunable channels to remove")
     p.add_argument("--layer-keep", type=float, default=None,
                    help="keep at least this fraction of every layer (allows a percent past the safe limit)")
@@ -96,6 +97,11 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
                      args.weights if darknet_input else None, args.latency_runs)
     after = measure(compact, args.data, size, cfg_out, weights_out, args.latency_runs)
     after["weights_MB"] = os.path.getsize(weights_out) / 1e6
+    if args.images:
+        from utils.agreement import agreement
+        found = agreement(model, compact, args.images, size)
+        before.update(agreement=1.0, boxes=found.reference_boxes)
+        after.update(agreement=found.score, boxes=found.candidate_boxes)
     if darknet_input:
         before["weights_MB"] = os.path.getsize(args.weights) / 1e6
     print(comparison_table(before, after))
