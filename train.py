@@ -37,11 +37,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import test as tester
 from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from utils.datasets import LoadImagesAndLabels
+from utils.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
+from utils.ema import ModelEMA
 from utils.distill import check_compatible, distillation_loss, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
 from utils.io import atomic_write
-from utils.loss import compute_loss, default_hyp, init_head_biases
+from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
@@ -84,9 +85,17 @@ def parse_args(argv=None):
     p.add_argument("--bn-momentum", type=float, default=0.1,
                    help="BN running-stat momentum while training (the model's 0.03 lags far behind "
                         "the weights in short runs, which makes eval-mode mAP look near zero)")
-    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="loss hyperparameters, e.g. giou=0.05 obj=1.0 cls=0.5 anchor_t=4.0 match=iou")
+    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE|FILE",
+                   help="loss and augmentation hyperparameters as KEY=VALUE pairs and/or hyp files (one KEY=VALUE "
+                        "per line, # comments; see cfg/hyp.txt): loss giou obj cls anchor_t match ...; augmentation "
+                        "fliplr flipud scale translate degrees shear hsv_h hsv_s hsv_v mosaic")
     p.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    p.add_argument("--multi-scale", action="store_true",
+                   help="every batch at a random size in [2/3, 4/3] x --img-size (multiples of 32)")
+    p.add_argument("--ema", type=float, default=0.999, help="weight EMA decay; evaluated and saved weights are "
+                   "the average (0 = off)")
+    p.add_argument("--no-head-prior", action="store_true",
+                   help="leave fresh heads at zero-mean init instead of the objectness/class prior (for ablations)")
     p.add_argument("-sr", "--sr", action="store_true", help="sparsity training: L1 on BN gammas")
     p.add_argument("--s", type=float, default=0.001, help="sparsity strength")
     p.add_argument("--prune", type=int, choices=(0, 1, 2), default=1,
@@ -118,18 +127,47 @@ def parse_args(argv=None):
     return opt
 
 
-def parse_hyp(pairs):
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SlimError(f"--hyp {pair!r}: write KEY=VALUE")
-        key, value = pair.split("=", 1)
+def hyp_pairs(items):
+    """(KEY, VALUE, where) from --hyp items: KEY=VALUE pairs and hyp files of such lines."""
+    for item in items:
+        if "=" in item:
+            yield (*item.split("=", 1), "--hyp")
+        elif os.path.isfile(item):
+            with open(item, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    line = line.split("#", 1)[0].strip()
+                    if not line:
+                        continue
+                    if "=" not in line:
+                        raise SlimError(f"{item}:{lineno}: expected KEY=VALUE, got {line!r}")
+                    yield (*line.split("=", 1), f"{item}:{lineno}")
+        else:
+            raise SlimError(f"--hyp {item!r}: neither KEY=VALUE nor an existing hyp file")
+
+
+def parse_hyp(items):
+    """(loss hyperparameters, augmentation hyperparameters) from --hyp; later items win."""
+    loss, aug = {}, {}
+    for key, value, where in hyp_pairs(items):
+        key, value = key.strip(), value.strip()
         try:
-            overrides[key] = float(value)
+            number = float(value)
         except ValueError:
-            overrides[key] = value
+            number = None
+        if key in DEFAULT_AUG_HYP:
+            if number is None:
+                raise SlimError(f"{where}: {key}={value!r} is not a number")
+            aug[key] = number
+        elif key in DEFAULT_HYP:
+            loss[key] = value if number is None else number
+        else:
+            raise SlimError(f"{where}: unknown hyperparameter {key!r}; loss: {', '.join(sorted(DEFAULT_HYP))}; "
+                            f"augmentation: {', '.join(sorted(DEFAULT_AUG_HYP))}")
+    for key in ("fliplr", "flipud", "mosaic"):
+        if not 0 <= aug.get(key, 0) <= 1:
+            raise SlimError(f"--hyp {key}={aug[key]:g}: a probability must be in [0, 1]")
     try:
-        return default_hyp(**overrides)
+        return default_hyp(**loss), {**DEFAULT_AUG_HYP, **aug}
     except ValueError as e:
         raise SlimError(f"--hyp: {e}") from None
 
@@ -239,8 +277,9 @@ def build_model(opt, device, ckpt=None):
     if opt.cfg:
         model = Darknet(opt.cfg, opt.img_size)
         if opt.weights:
-            report = load_partial(model, opt.weights, opt.cutoff, opt.weights_cfg, opt.img_size)
-        else:
+            report = load_partial(model, opt.weights, opt.cutoff, opt.weights_cfg, opt.img_size,
+                                  prior=not opt.no_head_prior)
+        elif not opt.no_head_prior:
             init_head_biases(model, opt.img_size or int(model.img_size[1]))
     else:
         model = model_from_checkpoint(opt.weights, opt.img_size)
@@ -299,8 +338,9 @@ def _seed_worker(worker_id):
     random.seed(seed)
 
 
-def build_train_loader(opt, data, ddp, img_size, nc):
-    dataset = LoadImagesAndLabels(data["train"], img_size, opt.batch_size, augment=not opt.no_augment, nc=nc)
+def build_train_loader(opt, data, ddp, img_size, nc, aug_hyp=None):
+    dataset = LoadImagesAndLabels(data["train"], img_size, opt.batch_size, augment=not opt.no_augment,
+                                  hyp=aug_hyp, nc=nc)
     if len(dataset) == 0:
         raise DataError(f"{data['train']}: no training images")
     per_rank = max(opt.batch_size // ddp.world, 1)
@@ -412,7 +452,7 @@ class Trainer:
         if self.ckpt is not None:
             apply_saved_options(opt, self.ckpt["opt"])
         seed_everything(opt.seed)
-        self.hyp = parse_hyp(opt.hyp)
+        self.hyp, self.aug_hyp = parse_hyp(opt.hyp)
         self.data = parse_data_cfg(opt.data)
         for key in ("train", "valid"):
             if not self.data.get(key):
@@ -425,7 +465,8 @@ class Trainer:
         self.freeze_epochs = opt.epochs if opt.freeze_epochs is None else opt.freeze_epochs
         self.report_transfer()
         self.teacher = build_teacher(opt, self.net, self.device)
-        self.loader, self.sampler = build_train_loader(opt, self.data, self.ddp, self.img_size, self.net.nc)
+        self.loader, self.sampler = build_train_loader(opt, self.data, self.ddp, self.img_size, self.net.nc,
+                                                       self.aug_hyp)
         self.per_rank = self.loader.batch_size
         self.nb = batches_per_epoch(self.sampler, self.per_rank)
         self.optimizer = build_optimizer(self.net, opt)
@@ -436,6 +477,7 @@ class Trainer:
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.ema = ModelEMA(self.net, opt.ema) if opt.ema > 0 else None
         self.start_epoch, self.start_batch = 0, 0
         self.partial = (torch.zeros(5), 0)   # loss sums of the epoch a resumed run re-enters
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
@@ -476,12 +518,18 @@ class Trainer:
                  "best_fitness": self.best_fitness, "results": self.results,
                  "gamma_history": self.gamma_history, "rng": rng_state(), "opt": vars(self.opt),
                  "scaler": self.scaler.state_dict() if self.amp else {}}
+        if self.ema is not None:   # "model" holds the averaged weights; training resumes from these
+            state.update(train_model=self.net.state_dict(), ema_updates=self.ema.updates)
         if self.sparsity is not None:
             state["sparsity"] = self.sparsity.state_dict()
         return state
 
     def _restore(self, ckpt):
         self.net.load_checkpoint_state(ckpt, os.path.join(self.opt.out, "last.pt"))
+        if self.ema is not None and "train_model" in ckpt:
+            self.ema.model.load_state_dict(self.net.state_dict())
+            self.ema.updates = int(ckpt["ema_updates"])
+            self.net.load_state_dict(ckpt["train_model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -495,9 +543,13 @@ class Trainer:
         if self.ddp.master:
             print(f"resuming {self.opt.out} at epoch {self.start_epoch} batch {self.start_batch}")
 
+    def deployed(self):
+        """The weights that are evaluated and saved: the EMA when on, else the trained ones."""
+        return self.ema.model if self.ema is not None else self.net
+
     def save_last(self, epoch, batch, partial):
         if self.ddp.master:
-            save_outputs(self.net, os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
+            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
 
     # -- one optimizer step
     def step(self, imgs, targets, epoch, i):
@@ -505,6 +557,10 @@ class Trainer:
         iteration = epoch * self.nb + i
         set_lr(self.optimizer, lr_at(opt, epoch + i / self.nb, iteration, round(opt.warmup_epochs * self.nb)))
         imgs = imgs.to(self.device, non_blocking=True).float()
+        if opt.multi_scale:   # drawn from the per-batch seed, so a resumed run picks the same sizes
+            size = random.randrange(round(self.img_size * 2 / 3 / 32), round(self.img_size * 4 / 3 / 32) + 1) * 32
+            if size != imgs.shape[-1]:
+                imgs = nn.functional.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
         with torch.autocast(self.device.type, enabled=self.amp):
             p = self.model(imgs)
             loss, items = compute_loss(p, targets.to(self.device), self.net, self.hyp, imgs.shape[-2:])
@@ -526,6 +582,8 @@ class Trainer:
                     prm.grad = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.net)
         return torch.cat((items, kd.detach().view(1) / imgs.shape[0]))
 
     # -- epochs
@@ -559,7 +617,7 @@ class Trainer:
         if self.val_loader is None:
             self.val_loader = tester.build_loader(self.data["valid"], self.img_size, opt.batch_size,
                                                   opt.workers, opt.val_max_images, self.net.nc)
-        return tester.evaluate(self.net, self.val_loader, img_size=self.img_size, conf_thres=opt.conf_thres,
+        return tester.evaluate(self.deployed(), self.val_loader, img_size=self.img_size, conf_thres=opt.conf_thres,
                                names=self.names, verbose=False, progress=not opt.quiet)
 
     def end_epoch(self, epoch, losses, epoch_s, stop):
@@ -582,9 +640,9 @@ class Trainer:
             if improved:
                 self.best_fitness = row["mAP50"]
             state = self._state(epoch + 1, 0)
-            save_outputs(self.net, os.path.join(opt.out, "last"), state)
+            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state)
             if improved:
-                save_outputs(self.net, os.path.join(opt.out, "best"), state)
+                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state)
             write_results_csv(os.path.join(opt.out, "results.csv"), self.results)
             if self.tb is not None:
                 for k, v in row.items():
@@ -592,13 +650,13 @@ class Trainer:
         self.ddp.barrier()
 
     def log_gammas(self, epoch):
-        layers = self.sparsity.layers
-        record_gamma_history(self.gamma_history, epoch + 1, self.net, layers)
-        plot_gamma_histogram(self.net, layers, os.path.join(self.opt.out, f"gamma_epoch{epoch + 1:03d}.png"),
+        layers, net = self.sparsity.layers, self.deployed()   # the gammas that will be pruned
+        record_gamma_history(self.gamma_history, epoch + 1, net, layers)
+        plot_gamma_histogram(net, layers, os.path.join(self.opt.out, f"gamma_epoch{epoch + 1:03d}.png"),
                              f"epoch {epoch + 1}, s={self.sparsity.s_at(epoch):.2g}")
         plot_gamma_history(self.gamma_history, os.path.join(self.opt.out, "gamma_history.png"))
-        log_gamma_tensorboard(self.tb, self.net, layers, epoch + 1)
-        stats = gamma_stats(self.net, layers)
+        log_gamma_tensorboard(self.tb, net, layers, epoch + 1)
+        stats = gamma_stats(net, layers)
         return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"]}
 
     def print_row(self, row):

@@ -132,11 +132,11 @@ def same_shapes(a, b):
 
 
 @torch.no_grad()
-def load_partial(model, path, cutoff=None, weights_cfg=None, img_size=None):
+def load_partial(model, path, cutoff=None, weights_cfg=None, img_size=None, prior=True):
     """Copy every matching layer of the pretrained ``path`` into ``model``; returns a TransferReport.
 
     Layers at index >= ``cutoff`` are not loaded. Re-initialised [yolo]-feeding convs get the
-    head-bias prior for ``img_size`` (default: the model's input width).
+    head-bias prior for ``img_size`` (default: the model's input width) unless ``prior`` is false.
     """
     src = source_model(path, model, weights_cfg)
     report = TransferReport(str(path), src.nc, model.nc)
@@ -167,7 +167,8 @@ def load_partial(model, path, cutoff=None, weights_cfg=None, img_size=None):
                                f"there); {hint}")
     model.version, model.seen = src.version, src.seen
     fresh_heads = [i for i in head_convs(model) if i in report.heads_reinit or i in report.cut]
-    prior_for_heads(model, fresh_heads, img_size or int(model.img_size[1]))
+    if prior:
+        prior_for_heads(model, fresh_heads, img_size or int(model.img_size[1]))
     return report
 
 
