@@ -109,9 +109,21 @@ def data_digest(path):
     return h.hexdigest()
 
 
+# Options that change where or how fast a stage runs, not what it computes: not part of its key.
+RUNTIME_FLAGS = ("--threads", "--workers", "--quiet", "--device")
+
+
 def stage_key(argv):
-    """The stage's identity: its argument list plus a digest of every input file it names."""
-    inputs = {}
+    """The stage's identity: its arguments (less RUNTIME_FLAGS) plus a digest of every input file it names."""
+    kept, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok in RUNTIME_FLAGS:
+            skip = tok != "--quiet"
+        else:
+            kept.append(tok)
+    argv, inputs = kept, {}
     for value in argv:
         if value in inputs or not os.path.isfile(value):
             continue
