@@ -70,7 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--freeze", type=int, default=0, help="freeze layers 0..N-1 (weights and BN statistics)")
     p.add_argument("--freeze-epochs", type=int, help="unfreeze after this many epochs (default: all epochs)")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size over all DDP processes")
+    p.add_argument("--batch-size", type=int, default=8, help="total batch size over all DDP processes (8: more "
+                   "steps beat bigger batches at this scale, docs/TRAINING.md)")
     p.add_argument("--img-size", type=int, help="train/test size in pixels (default: the cfg's width)")
     p.add_argument("--out", default="runs/train", help="run folder for checkpoints and results")
     p.add_argument("--exist-ok", action="store_true", help="allow writing into an existing run folder")

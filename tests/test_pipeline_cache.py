@@ -65,3 +65,19 @@ def test_unfinished_stage_with_the_same_key_resumes(data, tmp_path, capsys):
     os.remove(out / "done.json")                              # as if killed after the last checkpoint
     stage(out, data, [])
     assert "[resume]" in capsys.readouterr().out
+
+
+def test_changed_default_reruns_even_with_the_same_command_line(data, tmp_path, capsys, monkeypatch):
+    import train
+    out = tmp_path / "d"
+    stage(out, data, [])
+    real = train.parse_args
+
+    def other_default(argv=None):   # as if train.py's default EMA decay changed between two runs
+        opt = real(argv)
+        opt.ema = 0.5
+        return opt
+    monkeypatch.setattr(train, "parse_args", other_default)
+    stage(out, data, [])
+    printed = capsys.readouterr().out
+    assert "[rerun]" in printed and "--ema default 0.999 -> 0.5" in printed

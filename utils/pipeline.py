@@ -54,7 +54,7 @@ def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, ext
         argv += ["--cfg", cfg]
     if weights:
         argv += ["--weights", weights]
-    key = stage_key(argv)
+    key = stage_key(argv, resolved_options(train, argv))
     done = read_json(os.path.join(out, "done.json"))
     if done is not None and done.get("key") == key:
         print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5 (same arguments and inputs)")
@@ -113,8 +113,15 @@ def data_digest(path):
 RUNTIME_FLAGS = ("--threads", "--workers", "--quiet", "--device")
 
 
-def stage_key(argv):
-    """The stage's identity: its arguments (less RUNTIME_FLAGS) plus a digest of every input file it names."""
+def resolved_options(train, argv):
+    """Every train.py option after defaults are filled in: a changed default also changes the key."""
+    opt = vars(train.parse_args(list(argv)))
+    return {k: v for k, v in sorted(opt.items()) if k not in train.RUNTIME_OPTIONS}
+
+
+def stage_key(argv, options=None):
+    """The stage's identity: its arguments (less RUNTIME_FLAGS), the options they resolve to, and a
+    digest of every input file they name."""
     kept, skip = [], False
     for tok in argv:
         if skip:
@@ -128,7 +135,7 @@ def stage_key(argv):
         if value in inputs or not os.path.isfile(value):
             continue
         inputs[value] = data_digest(value) if value.endswith(".data") else file_digest(value)
-    return {"argv": list(argv), "inputs": inputs}
+    return {"argv": list(argv), "options": options or {}, "inputs": inputs}
 
 
 def key_change(old, new):
@@ -147,6 +154,9 @@ def key_change(old, new):
                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     changes += [f"{path} changed" for path, digest in new["inputs"].items()
                 if old.get("inputs", {}).get(path) not in (None, digest)]
+    if not changes:   # same command line, other defaults (train.py changed)
+        changes = [f"--{k.replace('_', '-')} default {old.get('options', {}).get(k)} -> {v}"
+                   for k, v in new.get("options", {}).items() if old.get("options", {}).get(k) != v]
     return "; ".join(changes[:4]) or "stage key format changed"
 
 
