@@ -36,15 +36,17 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import test as tester
 from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from utils.datasets import LoadImagesAndLabels
+from utils.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
+from utils.ema import ModelEMA
 from utils.distill import check_compatible, distillation_loss, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
 from utils import cli_checks as checks
 from utils.io import atomic_write, is_torch_file
-from utils.loss import compute_loss, default_hyp, init_head_biases
+from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
+from utils.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
                  "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]
@@ -59,32 +61,51 @@ def parse_args(argv=None):
     p = checks.parser(__doc__.split("\n\n")[0], prog="train.py")
     p.add_argument("--cfg", type=checks.input_file, help="model .cfg (may be left out when --weights is a checkpoint of ours)")
     p.add_argument("--data", required=True, type=checks.input_file, help=".data file (classes, train, valid, names)")
-    p.add_argument("--weights", type=checks.input_file, help="initial weights: Darknet weights or our checkpoint")
+    p.add_argument("--weights", type=checks.input_file, help="initial weights: Darknet weights or our checkpoint; with --cfg, every "
+                   "layer whose shapes match is loaded and [yolo]-feeding convs of another class count are "
+                   "re-initialised (Darknet's partial loading)")
+    p.add_argument("--weights-cfg", type=checks.input_file, help="the cfg a Darknet --weights file was trained with (default: the .cfg "
+                   "beside it, else solved from its size)")
+    p.add_argument("--cutoff", type=checks.count, help="load --weights only into layers before this index")
+    p.add_argument("--freeze", type=checks.count, default=0, help="freeze layers 0..N-1 (weights and BN statistics)")
+    p.add_argument("--freeze-epochs", type=checks.count, help="unfreeze after this many epochs (default: all epochs)")
     p.add_argument("--epochs", type=checks.positive_int, default=None,
                    help=f"total epochs (default {DEFAULT_EPOCHS}); with --resume, a larger value extends the run")
-    p.add_argument("--batch-size", type=checks.positive_int, default=16, help="total batch size over all DDP processes")
+    p.add_argument("--batch-size", type=checks.positive_int, default=8, help="total batch size over all DDP processes (8: more "
+                   "steps beat bigger batches at this scale, docs/TRAINING.md)")
     p.add_argument("--img-size", type=checks.img_size,
                    help="train/test size in pixels, rounded up to a multiple of 32 (default: the cfg's width)")
     p.add_argument("--out", default="runs/train", type=checks.output_dir, help="run folder for checkpoints and results")
     p.add_argument("--exist-ok", action="store_true", help="allow writing into an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
+                   help="Adam (default; measured better than SGD at this scale, docs/TRAINING.md) or SGD")
     p.add_argument("--adam", dest="optimizer", action="store_const", const="adam", help="same as --optimizer adam")
-    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.01 SGD, 0.001 Adam)")
-    p.add_argument("--lrf", type=checks.non_negative_float, default=0.05, help="final LR as a fraction of lr0 (cosine)")
+    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.003 Adam, 0.01 SGD)")
+    p.add_argument("--lrf", type=checks.non_negative_float, help="final LR as a fraction of lr0 (cosine; default 0.05, and 1.0 = "
+                   "constant with -sr: under Adam a gamma moves about lr per step, so a decaying LR stops the "
+                   "collapse)")
     p.add_argument("--momentum", type=checks.number(float, lo=0, hi=1, hi_open=True), default=0.937,
                    help="SGD momentum / Adam beta1, in [0, 1)")
-    p.add_argument("--weight-decay", type=checks.non_negative_float, default=5e-4,
-                   help="on conv weights only (not BN, not biases)")
+    p.add_argument("--weight-decay", type=checks.non_negative_float, default=5e-4, help="on conv weights only (not BN, not biases)")
     p.add_argument("--warmup-epochs", type=checks.non_negative_float, default=1.0, help="linear LR warm-up length")
     p.add_argument("--bn-momentum", type=checks.fraction, default=0.1,
                    help="BN running-stat momentum while training (the model's 0.03 lags far behind "
                         "the weights in short runs, which makes eval-mode mAP look near zero)")
-    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="loss hyperparameters, e.g. giou=0.05 obj=1.0 cls=0.5 anchor_t=4.0 match=iou")
+    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE|FILE",
+                   help="loss and augmentation hyperparameters as KEY=VALUE pairs and/or hyp files (one KEY=VALUE "
+                        "per line, # comments; see cfg/hyp.txt): loss giou obj cls anchor_t match ...; augmentation "
+                        "fliplr flipud scale translate degrees shear hsv_h hsv_s hsv_v mosaic")
     p.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    p.add_argument("--multi-scale", action="store_true",
+                   help="every batch at a random size in [2/3, 4/3] x --img-size (multiples of 32)")
+    p.add_argument("--ema", type=checks.number(float, lo=0, hi=1, hi_open=True), default=0.999, help="weight EMA decay; evaluated and saved weights are "
+                   "the average (0 = off)")
+    p.add_argument("--no-head-prior", action="store_true",
+                   help="leave fresh heads at zero-mean init instead of the objectness/class prior (for ablations)")
     p.add_argument("-sr", "--sr", action="store_true", help="sparsity training: L1 on BN gammas")
-    p.add_argument("--s", type=checks.non_negative_float, default=0.001, help="sparsity strength")
+    p.add_argument("--s", type=checks.non_negative_float, default=0.02, help="sparsity strength (0.02 with Adam lr 0.003 and a "
+                   "constant LR collapsed 71%% of the narrow model's gammas below 1e-2 in 450 steps)")
     p.add_argument("--prune", type=int, choices=(0, 1, 2), default=1,
                    help="which BNs: 0 normal (skip shortcut groups), 1 shortcut (all prunable), 2 tiny")
     p.add_argument("--sr-schedule", choices=("constant", "linear", "step"), default="constant")
@@ -105,7 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     opt = p.parse_args(argv)
     if opt.lr0 is None:
-        opt.lr0 = 0.001 if opt.optimizer == "adam" else 0.01
+        opt.lr0 = 0.003 if opt.optimizer == "adam" else 0.01
+    if opt.lrf is None:
+        opt.lrf = 1.0 if opt.sr else 0.05
     opt.epochs_given = opt.epochs is not None   # on --resume only an explicit --epochs overrides the saved one
     if opt.epochs is None:
         opt.epochs = DEFAULT_EPOCHS
@@ -119,7 +142,7 @@ def parse_args(argv=None):
 def validate_inputs(opt):
     """The .data, its lists and names, and the cfgs, checked before the run folder or a model exists."""
     data = checks.check_data(opt.data, lists=("train", "valid"))
-    for cfg in (opt.cfg, opt.t_cfg):
+    for cfg in (opt.cfg, opt.t_cfg, opt.weights_cfg):
         if cfg and not opt.resume:
             defs = checks.check_cfg(cfg)
             if cfg == opt.cfg:
@@ -127,18 +150,49 @@ def validate_inputs(opt):
     return data
 
 
-def parse_hyp(pairs):
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SlimError(f"--hyp {pair!r}: write KEY=VALUE")
-        key, value = pair.split("=", 1)
+def hyp_pairs(items):
+    """(KEY, VALUE, where) from --hyp items: KEY=VALUE pairs and hyp files of such lines."""
+    for item in items:
+        if "=" in item:
+            yield (*item.split("=", 1), "--hyp")
+        elif os.path.isfile(item):
+            with open(item, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    line = line.split("#", 1)[0].strip()
+                    if not line:
+                        continue
+                    if "=" not in line:
+                        raise SlimError(f"{item}:{lineno}: expected KEY=VALUE, got {line!r}")
+                    yield (*line.split("=", 1), f"{item}:{lineno}")
+        else:
+            raise SlimError(f"--hyp {item!r}: neither KEY=VALUE nor an existing hyp file")
+
+
+def parse_hyp(items):
+    """(loss hyperparameters, augmentation hyperparameters) from --hyp; later items win."""
+    loss, aug = {}, {}
+    for key, value, where in hyp_pairs(items):
+        key, value = key.strip(), value.strip()
         try:
-            overrides[key] = float(value)
+            number = float(value)
         except ValueError:
-            overrides[key] = value
+            number = None
+        if number is not None and (not math.isfinite(number) or number < 0):
+            raise SlimError(f"{where}: {key}={value}: must be a finite number >= 0")
+        if key in DEFAULT_AUG_HYP:
+            if number is None:
+                raise SlimError(f"{where}: {key}={value!r} is not a number")
+            aug[key] = number
+        elif key in DEFAULT_HYP:
+            loss[key] = value if number is None else number
+        else:
+            raise SlimError(f"{where}: unknown hyperparameter {key!r}; loss: {', '.join(sorted(DEFAULT_HYP))}; "
+                            f"augmentation: {', '.join(sorted(DEFAULT_AUG_HYP))}")
+    for key in ("fliplr", "flipud", "mosaic"):
+        if not 0 <= aug.get(key, 0) <= 1:
+            raise SlimError(f"--hyp {key}={aug[key]:g}: a probability must be in [0, 1]")
     try:
-        return default_hyp(**overrides)
+        return default_hyp(**loss), {**DEFAULT_AUG_HYP, **aug}
     except ValueError as e:
         raise SlimError(f"--hyp: {e}") from None
 
@@ -237,14 +291,23 @@ def apply_saved_options(opt, saved):
 
 # ----------------------------------------------------------------------------- model and data
 def build_model(opt, device, ckpt=None):
-    """The student: from a resumed checkpoint's own cfg, or --cfg/--weights."""
+    """(student, TransferReport or None): from a resumed checkpoint's own cfg, or --cfg/--weights.
+
+    Every head that does not come from trained weights starts at the objectness/class prior.
+    """
     if ckpt is not None:   # its weights are loaded by Trainer._restore; --weights is not needed again
-        return Darknet(parse_cfg_text(ckpt["cfg"], os.path.join(opt.out, "last.pt")), opt.img_size).to(device)
+        return Darknet(parse_cfg_text(ckpt["cfg"], os.path.join(opt.out, "last.pt")), opt.img_size).to(device), None
+    report = None
     if opt.cfg:
-        model = load_model(opt.cfg, opt.weights, opt.img_size)
+        model = Darknet(opt.cfg, opt.img_size)
+        if opt.weights:
+            report = load_partial(model, opt.weights, opt.cutoff, opt.weights_cfg, opt.img_size,
+                                  prior=not opt.no_head_prior)
+        elif not opt.no_head_prior:
+            init_head_biases(model, opt.img_size or int(model.img_size[1]))
     else:
         model = model_from_checkpoint(opt.weights, opt.img_size)
-    return model.to(device)
+    return model.to(device), report
 
 
 def set_bn_momentum(model, momentum):
@@ -296,8 +359,9 @@ def _seed_worker(worker_id):
     random.seed(seed)
 
 
-def build_train_loader(opt, data, ddp, img_size, nc):
-    dataset = LoadImagesAndLabels(data["train"], img_size, opt.batch_size, augment=not opt.no_augment, nc=nc)
+def build_train_loader(opt, data, ddp, img_size, nc, aug_hyp=None):
+    dataset = LoadImagesAndLabels(data["train"], img_size, opt.batch_size, augment=not opt.no_augment,
+                                  hyp=aug_hyp, nc=nc)
     if len(dataset) == 0:
         raise DataError(f"{data['train']}: no training images")
     per_rank = max(opt.batch_size // ddp.world, 1)
@@ -409,20 +473,21 @@ class Trainer:
         if self.ckpt is not None:
             apply_saved_options(opt, self.ckpt["opt"])
         seed_everything(opt.seed)
-        self.hyp = parse_hyp(opt.hyp)
+        self.hyp, self.aug_hyp = parse_hyp(opt.hyp)
         self.data = parse_data_cfg(opt.data)
         for key in ("train", "valid"):
             if not self.data.get(key):
                 raise DataError(f"{opt.data}: no '{key}=' line; add the image list path")
         self.names = load_classes(self.data["names"]) if self.data.get("names") else None
-        self.net = build_model(opt, self.device, self.ckpt)
+        self.net, self.transfer = build_model(opt, self.device, self.ckpt)
         set_bn_momentum(self.net, opt.bn_momentum)
         check_classes(self.net, self.data, opt.data)
         self.img_size = opt.img_size or int(self.net.img_size[1])
-        if not opt.weights and self.ckpt is None:
-            init_head_biases(self.net, self.img_size)
+        self.freeze_epochs = opt.epochs if opt.freeze_epochs is None else opt.freeze_epochs
+        self.report_transfer()
         self.teacher = build_teacher(opt, self.net, self.device)
-        self.loader, self.sampler = build_train_loader(opt, self.data, self.ddp, self.img_size, self.net.nc)
+        self.loader, self.sampler = build_train_loader(opt, self.data, self.ddp, self.img_size, self.net.nc,
+                                                       self.aug_hyp)
         self.per_rank = self.loader.batch_size
         self.nb = batches_per_epoch(self.sampler, self.per_rank)
         self.optimizer = build_optimizer(self.net, opt)
@@ -433,6 +498,7 @@ class Trainer:
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.ema = ModelEMA(self.net, opt.ema) if opt.ema > 0 else None
         self.start_epoch, self.start_batch = 0, 0
         self.partial = (torch.zeros(5), 0)   # loss sums of the epoch a resumed run re-enters
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
@@ -443,6 +509,29 @@ class Trainer:
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
 
+    def report_transfer(self):
+        opt = self.opt
+        if opt.freeze and self.ddp.enabled:
+            raise SlimError("--freeze is not supported under DDP (torchrun); train on one process or drop --freeze")
+        if self.transfer is None and not opt.freeze:
+            return
+        if self.transfer is None:   # freezing a model loaded whole
+            self.transfer = TransferReport(opt.weights or opt.cfg, self.net.nc, self.net.nc)
+        self.transfer.frozen = [i for i, m in enumerate(self.net.module_list[:opt.freeze])
+                                if any(True for _ in m.parameters())]
+        self.transfer.freeze_epochs = self.freeze_epochs
+        if self.ddp.master:
+            print("\n".join(self.transfer.lines()), flush=True)
+
+    def apply_freeze(self, epoch):
+        """Layers 0..freeze-1 take no step and keep their BN statistics during the first epochs."""
+        n = self.opt.freeze if epoch < self.freeze_epochs else 0
+        for i, module in enumerate(self.net.module_list):
+            for prm in module.parameters():
+                prm.requires_grad_(i >= n)
+        if n:
+            keep_frozen_bn_eval(self.net, n)
+
     # -- checkpoint state
     def _state(self, epoch, batch, partial=None):
         """Everything a resumed run needs; ``partial`` = (loss sums, batches) of an unfinished epoch."""
@@ -452,12 +541,18 @@ class Trainer:
                  "best_fitness": self.best_fitness, "results": self.results,
                  "gamma_history": self.gamma_history, "rng": rng_state(), "opt": vars(self.opt),
                  "scaler": self.scaler.state_dict() if self.amp else {}}
+        if self.ema is not None:   # "model" holds the averaged weights; training resumes from these
+            state.update(train_model=self.net.state_dict(), ema_updates=self.ema.updates)
         if self.sparsity is not None:
             state["sparsity"] = self.sparsity.state_dict()
         return state
 
     def _restore(self, ckpt):
         self.net.load_checkpoint_state(ckpt, os.path.join(self.opt.out, "last.pt"))
+        if self.ema is not None and "train_model" in ckpt:
+            self.ema.model.load_state_dict(self.net.state_dict())
+            self.ema.updates = int(ckpt["ema_updates"])
+            self.net.load_state_dict(ckpt["train_model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -474,9 +569,13 @@ class Trainer:
         if self.ddp.master:
             print(f"resuming {self.opt.out} at epoch {self.start_epoch} batch {self.start_batch}")
 
+    def deployed(self):
+        """The weights that are evaluated and saved: the EMA when on, else the trained ones."""
+        return self.ema.model if self.ema is not None else self.net
+
     def save_last(self, epoch, batch, partial):
         if self.ddp.master:
-            save_outputs(self.net, os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
+            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
 
     # -- one optimizer step
     def step(self, imgs, targets, epoch, i):
@@ -484,6 +583,10 @@ class Trainer:
         iteration = epoch * self.nb + i
         set_lr(self.optimizer, lr_at(opt, epoch + i / self.nb, iteration, round(opt.warmup_epochs * self.nb)))
         imgs = imgs.to(self.device, non_blocking=True).float()
+        if opt.multi_scale:   # drawn from the per-batch seed, so a resumed run picks the same sizes
+            size = random.randrange(round(self.img_size * 2 / 3 / 32), round(self.img_size * 4 / 3 / 32) + 1) * 32
+            if size != imgs.shape[-1]:
+                imgs = nn.functional.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
         with torch.autocast(self.device.type, enabled=self.amp):
             p = self.model(imgs)
             loss, items = compute_loss(p, targets.to(self.device), self.net, self.hyp, imgs.shape[-2:])
@@ -500,8 +603,13 @@ class Trainer:
         nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
         if self.sparsity is not None:
             self.sparsity.apply(epoch + i / self.nb)  # after clipping: the penalty keeps its size
+            for prm in self.net.parameters():         # the penalty must not move a frozen gamma
+                if not prm.requires_grad:
+                    prm.grad = None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.net)
         return torch.cat((items, kd.detach().view(1) / imgs.shape[0]))
 
     # -- epochs
@@ -509,6 +617,7 @@ class Trainer:
         opt, resumed = self.opt, epoch == self.start_epoch
         start = self.start_batch if resumed else 0
         self.model.train()
+        self.apply_freeze(epoch)
         self.sampler.set_epoch(epoch, start)
         sums, count = (self.partial[0].clone(), self.partial[1]) if resumed else (torch.zeros(5), 0)
         it = iter(self.loader)
@@ -534,7 +643,7 @@ class Trainer:
         if self.val_loader is None:
             self.val_loader = tester.build_loader(self.data["valid"], self.img_size, opt.batch_size,
                                                   opt.workers, opt.val_max_images, self.net.nc)
-        return tester.evaluate(self.net, self.val_loader, img_size=self.img_size, conf_thres=opt.conf_thres,
+        return tester.evaluate(self.deployed(), self.val_loader, img_size=self.img_size, conf_thres=opt.conf_thres,
                                names=self.names, verbose=False, progress=not opt.quiet)
 
     def end_epoch(self, epoch, losses, epoch_s, stop):
@@ -557,9 +666,9 @@ class Trainer:
             if improved:
                 self.best_fitness = row["mAP50"]
             state = self._state(epoch + 1, 0)
-            save_outputs(self.net, os.path.join(opt.out, "last"), state)
+            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state)
             if improved:
-                save_outputs(self.net, os.path.join(opt.out, "best"), state)
+                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state)
             write_results_csv(os.path.join(opt.out, "results.csv"), self.results)
             if self.tb is not None:
                 for k, v in row.items():
@@ -567,13 +676,13 @@ class Trainer:
         self.ddp.barrier()
 
     def log_gammas(self, epoch):
-        layers = self.sparsity.layers
-        record_gamma_history(self.gamma_history, epoch + 1, self.net, layers)
-        plot_gamma_histogram(self.net, layers, os.path.join(self.opt.out, f"gamma_epoch{epoch + 1:03d}.png"),
+        layers, net = self.sparsity.layers, self.deployed()   # the gammas that will be pruned
+        record_gamma_history(self.gamma_history, epoch + 1, net, layers)
+        plot_gamma_histogram(net, layers, os.path.join(self.opt.out, f"gamma_epoch{epoch + 1:03d}.png"),
                              f"epoch {epoch + 1}, s={self.sparsity.s_at(epoch):.2g}")
         plot_gamma_history(self.gamma_history, os.path.join(self.opt.out, "gamma_history.png"))
-        log_gamma_tensorboard(self.tb, self.net, layers, epoch + 1)
-        stats = gamma_stats(self.net, layers)
+        log_gamma_tensorboard(self.tb, net, layers, epoch + 1)
+        stats = gamma_stats(net, layers)
         return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"]}
 
     def print_row(self, row):

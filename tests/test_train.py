@@ -263,3 +263,46 @@ def test_cli_help_and_weights_file(shapes, two_epoch_run):
                           env=SUBPROCESS_ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "all" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- hyperparameters, mosaic, EMA
+def test_hyp_file_sets_loss_and_augmentation_keys(tmp_path):
+    hyp_file = tmp_path / "hyp.txt"
+    hyp_file.write_text("# no mirroring for this data\nfliplr=0  # text\nscale=0.2\ncls=0.3\n")
+    loss, aug = train.parse_hyp([str(hyp_file), "scale=0.1", "mosaic=0.5"])
+    assert (aug["fliplr"], aug["scale"], aug["mosaic"], loss["cls"]) == (0.0, 0.1, 0.5, 0.3)
+    loss, aug = train.parse_hyp([os.path.join(ROOT, "cfg", "hyp.txt")])   # the documented file parses
+    assert aug["fliplr"] == 0.5 and loss["giou"] == 0.05
+    for bad, match in ((["flip=0.5"], "unknown hyperparameter 'flip'"), (["fliplr=2"], "probability"),
+                       (["no_such_file.txt"], "neither KEY=VALUE nor an existing hyp file")):
+        with pytest.raises(SlimError, match=match):
+            train.parse_hyp(bad)
+
+
+def test_mosaic_keeps_boxes_inside_and_never_mirrors_with_fliplr_0(shapes):
+    from utils.parse_config import parse_data_cfg
+    hyp = {"mosaic": 1.0, "fliplr": 0.0, "scale": 0.0, "translate": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
+    ds = LoadImagesAndLabels(parse_data_cfg(shapes)["train"], IMG, augment=True, hyp=hyp, nc=5)
+    torch.manual_seed(0)
+    counts = []
+    for i in range(6):
+        img, labels, _, _ = ds[i]
+        assert img.shape == (3, IMG, IMG)
+        xy = labels[:, 2:]
+        assert ((xy[:, :2] - xy[:, 2:] / 2) >= -1e-6).all() and ((xy[:, :2] + xy[:, 2:] / 2) <= 1 + 1e-6).all()
+        counts.append(len(labels))
+    assert sum(counts) > 0
+
+
+def test_ema_averages_and_resume_keeps_it(shapes, tmp_path):
+    from utils.ema import ModelEMA
+    a = torch.nn.Linear(2, 1)
+    ema = ModelEMA(a, decay=0.5, tau=1e-9)
+    with torch.no_grad():
+        a.weight.add_(2.0)
+    before = ema.model.weight.clone()
+    ema.update(a)
+    assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * a.weight)
+    run = train.train(train_args(shapes, tmp_path / "ema", "--ema", "0.99", "--val-max-images", "4", epochs=1))
+    ckpt = load_checkpoint(run["last"])
+    assert ckpt["ema_updates"] > 0 and max_state_diff(ckpt["model"], ckpt["train_model"]) > 0

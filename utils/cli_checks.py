@@ -8,6 +8,7 @@ parsing, still before any model is built. Nothing here imports torch, so a bad c
 is refused in well under a second of work.
 """
 import argparse
+import glob
 import math
 import os
 import sys
@@ -110,6 +111,18 @@ def input_file(text):
         raise argparse.ArgumentTypeError(f"{path}: file not found")
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path}: is a folder; pass the file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{path}: no permission to read it")
+    return path
+
+
+def image_source(text):
+    """argparse type: an image file, a folder, or a glob pattern that matches something."""
+    path = _nonempty(text)
+    if any(c in path for c in "*?[") and glob.glob(path):
+        return path
+    if not os.path.exists(path):
+        raise argparse.ArgumentTypeError(f"{path}: no such image, folder or matching pattern")
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"{path}: no permission to read it")
     return path

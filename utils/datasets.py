@@ -41,6 +41,7 @@ DEFAULT_AUG_HYP = {
     "shear": 0.0,       # shear range (deg)
     "fliplr": 0.5,      # probability of a left-right flip
     "flipud": 0.0,      # probability of an up-down flip
+    "mosaic": 0.0,      # probability of a 4-image mosaic (a random crop of 4 tiled images, native scale)
 }
 MIN_BOX_SIDE = 2.0      # px: boxes thinner than this after augmentation are dropped
 MIN_BOX_VISIBLE = 0.2   # fraction of a box's (scaled) area that must survive the crop
@@ -292,27 +293,56 @@ class LoadImagesAndLabels(Dataset):
     def __len__(self):
         return len(self.img_files)
 
-    def __getitem__(self, index):
+    def letterboxed(self, index):
+        """(letterboxed image, (n, 4) pixel xyxy boxes, classes, shapes) of one item."""
         path = self.img_files[index]
         img0 = read_image(path)
         h0, w0 = img0.shape[:2]
         img, ratio, (dw, dh) = letterbox(img0, self.img_size)
         labels = self.labels[index]
-        cls = labels[:, 0]
         boxes = labels[:, 1:] * np.array([w0, h0, w0, h0], np.float32) * ratio + np.array([dw, dh, dw, dh])
+        return img, boxes, labels[:, 0], ((h0, w0), ((ratio, ratio), (dw, dh)))
+
+    def __getitem__(self, index):
+        path = self.img_files[index]
+        img, boxes, cls, shapes = self.letterboxed(index)
         if self.augment:
-            img, boxes, cls = self._augment(img, boxes, cls)
+            # Seeded from torch's RNG: DataLoader workers get distinct torch seeds, and
+            # torch.manual_seed in the main process makes the whole pipeline reproducible.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            if rng.random() < self.hyp["mosaic"]:
+                img, boxes, cls = self.mosaic(index, rng)
+            img, boxes, cls = self._augment(img, boxes, cls, rng)
         h, w = img.shape[:2]
         out = torch.zeros((len(boxes), 6))
         if len(boxes):
             out[:, 1] = torch.from_numpy(np.asarray(cls, np.float32))
             out[:, 2:] = torch.from_numpy((xyxy_to_cxcywh(boxes) / np.array([w, h, w, h])).astype(np.float32))
-        return to_tensor(img), out, path, ((h0, w0), ((ratio, ratio), (dw, dh)))
+        return to_tensor(img), out, path, shapes
 
-    def _augment(self, img, boxes, cls):
-        # Seeded from torch's RNG: DataLoader workers get distinct torch seeds, and
-        # torch.manual_seed in the main process makes the whole pipeline reproducible.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+    def mosaic(self, index, rng):
+        """Four letterboxed images tiled 2x2, cropped to one image size around a random centre.
+
+        Objects keep their scale (small ones are not shrunk, unlike a resized mosaic); boxes cut
+        by the crop follow the same keep rules as the affine augmentation.
+        """
+        s = self.img_size
+        canvas = np.full((2 * s, 2 * s, 3), PAD_COLOR, np.uint8)
+        picks = [index] + [int(i) for i in rng.integers(0, len(self), 3)]
+        all_boxes, all_cls = [], []
+        for k, i in enumerate(picks):
+            img, boxes, cls, _ = self.letterboxed(i)
+            ox, oy = (k % 2) * s, (k // 2) * s
+            canvas[oy:oy + s, ox:ox + s] = img
+            all_boxes.append(boxes + np.array([ox, oy, ox, oy], np.float32))
+            all_cls.append(cls)
+        x0, y0 = (int(rng.uniform(0, s)) for _ in range(2))
+        boxes = np.concatenate(all_boxes) - np.array([x0, y0, x0, y0], np.float32)
+        clipped = boxes.clip(0, s)
+        keep = keep_boxes(boxes, clipped)
+        return np.ascontiguousarray(canvas[y0:y0 + s, x0:x0 + s]), clipped[keep], np.concatenate(all_cls)[keep]
+
+    def _augment(self, img, boxes, cls, rng):
         hyp = self.hyp
         img, boxes, keep = random_affine(img, boxes, rng, hyp["degrees"], hyp["translate"], hyp["scale"],
                                          hyp["shear"])

@@ -1,12 +1,15 @@
 """Stages of the slimming pipeline, shared by ``slim.py`` (the main job) and the benchmarks.
 
 data -> train -> sparsity-train -> prune -> fine-tune (optionally distilled) -> measure.
-Training stages are cached by their arguments, so a benchmark that prunes one sparse
-model with seven methods trains it once, and an interrupted run picks up where it stopped.
+Training stages are cached by their arguments and the content of their inputs, so a benchmark
+that prunes one sparse model with seven methods trains it once, an interrupted run picks up
+where it stopped, and a changed argument or input retrains the stage (and says why).
 """
+import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -15,6 +18,7 @@ import torch
 from models import model_from_checkpoint
 from utils.io import atomic_write
 from utils.opencv_dnn import read_net
+from utils.parse_config import parse_data_cfg
 from utils.prune_utils import POLICIES, prune, write_pruned
 from utils.torch_utils import count_flops, count_params, opencv_latency_ms, torch_latency_ms
 
@@ -37,7 +41,12 @@ def ensure_data(folder, n_train, n_val, img_size, seed=0):
 
 
 def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, extra=(), quiet=False):
-    """train.py in-process; skipped when ``out`` already holds a finished run with these arguments."""
+    """train.py in-process, cached by a key of its arguments and the content of its input files.
+
+    A stage folder whose ``done.json`` holds the same key is reused; one holding an unfinished
+    run with the same key is resumed; anything else (other arguments, retrained weights,
+    another data set) is deleted and trained again, and the reason is printed.
+    """
     import train
     argv = ["--data", data, "--epochs", str(epochs), "--img-size", str(img_size), "--batch-size", str(batch_size),
             "--out", out, "--workers", "0", *map(str, extra)]
@@ -45,20 +54,110 @@ def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, ext
         argv += ["--cfg", cfg]
     if weights:
         argv += ["--weights", weights]
-    done_file = os.path.join(out, "done.json")
-    if os.path.isfile(done_file):
-        with open(done_file) as f:
-            done = json.load(f)
-        if done.get("argv") == argv:
-            print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5")
-            return done["result"]
-    resume = os.path.isfile(os.path.join(out, "last.pt"))
+    key = stage_key(argv, resolved_options(train, argv))
+    done = read_json(os.path.join(out, "done.json"))
+    if done is not None and done.get("key") == key:
+        print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5 (same arguments and inputs)")
+        return done["result"]
+    started = read_json(os.path.join(out, "stage.json"))
+    resume = started is not None and started.get("key") == key and done is None \
+        and os.path.isfile(os.path.join(out, "last.pt"))
+    if resume:
+        print(f"[resume] {out}: an unfinished run with the same arguments and inputs")
+    elif done is not None or started is not None:
+        old = (done or started).get("key") or {"argv": (done or started).get("argv", []), "inputs": {}}
+        print(f"[rerun] {out}: {key_change(old, key)}; training it again")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with atomic_write(os.path.join(out, "stage.json"), "w") as f:
+        json.dump({"key": key}, f, indent=2)
     opt = train.parse_args(argv + (["--resume"] if resume else ["--exist-ok"]) + (["--quiet"] if quiet else []))
     result = train.train(opt)
     result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-    with atomic_write(done_file, "w") as f:
-        json.dump({"argv": argv, "result": result}, f, indent=2)
+    with atomic_write(os.path.join(out, "done.json"), "w") as f:
+        json.dump({"key": key, "result": result}, f, indent=2)
     return result
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_digest(path):
+    """A .data file, its lists, and the size and mtime of every image and label they name."""
+    from utils.datasets import label_path_for, read_image_list
+    h = hashlib.sha256(file_digest(path).encode())
+    options = parse_data_cfg(path)
+    for key in ("train", "valid"):
+        if options.get(key) and os.path.exists(options[key]):
+            for img in read_image_list(options[key]):
+                for f in (img, label_path_for(img)):
+                    st = os.stat(f) if os.path.isfile(f) else None
+                    h.update(f"{f}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+
+# Options that change where or how fast a stage runs, not what it computes: not part of its key.
+RUNTIME_FLAGS = ("--threads", "--workers", "--quiet", "--device")
+
+
+def resolved_options(train, argv):
+    """Every train.py option after defaults are filled in: a changed default also changes the key."""
+    opt = vars(train.parse_args(list(argv)))
+    return {k: v for k, v in sorted(opt.items()) if k not in train.RUNTIME_OPTIONS}
+
+
+def stage_key(argv, options=None):
+    """The stage's identity: its arguments (less RUNTIME_FLAGS), the options they resolve to, and a
+    digest of every input file they name."""
+    kept, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok in RUNTIME_FLAGS:
+            skip = tok != "--quiet"
+        else:
+            kept.append(tok)
+    argv, inputs = kept, {}
+    for value in argv:
+        if value in inputs or not os.path.isfile(value):
+            continue
+        inputs[value] = data_digest(value) if value.endswith(".data") else file_digest(value)
+    return {"argv": list(argv), "options": options or {}, "inputs": inputs}
+
+
+def key_change(old, new):
+    """Why two stage keys differ, in words (first few differences)."""
+    def options(argv):
+        opts, flag = {}, None
+        for tok in argv:
+            if tok.startswith("-") and not tok.lstrip("-").replace(".", "").isdigit():
+                flag = tok
+                opts[flag] = ""
+            elif flag is not None:
+                opts[flag] = (opts[flag] + " " + tok).strip()
+        return opts
+    a, b = options(old.get("argv", [])), options(new["argv"])
+    changes = [f"{k} {a.get(k, '(absent)') or '(set)'} -> {b.get(k, '(absent)') or '(set)'}"
+               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changes += [f"{path} changed" for path, digest in new["inputs"].items()
+                if old.get("inputs", {}).get(path) not in (None, digest)]
+    if not changes:   # same command line, other defaults (train.py changed)
+        changes = [f"--{k.replace('_', '-')} default {old.get('options', {}).get(k)} -> {v}"
+                   for k, v in new.get("options", {}).items() if old.get("options", {}).get(k) != v]
+    return "; ".join(changes[:4]) or "stage key format changed"
 
 
 def prune_checkpoint(weights, method):

@@ -28,6 +28,8 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--weights", required=True, type=checks.input_file,
                    help="its Darknet .weights or a train.py checkpoint (recognised by content, any name)")
     p.add_argument("--data", type=checks.input_file, help=".data file; when given, mAP@0.5 is measured before and after")
+    p.add_argument("--images", type=checks.image_source,
+                   help="unlabelled images (folder, file or glob): the pruned model's agreement mAP@0.5 with the original")
     p.add_argument("--percent", type=checks.number(float, lo=0, hi=1, hi_open=True), default=percent_default,
                    help="fraction of prunable channels to remove")
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=None,
@@ -167,6 +169,11 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
                      args.weights if darknet_input else None, args.latency_runs)
     after = measure(compact, args.data, size, work_cfg, work_weights, args.latency_runs)
     after["weights_MB"] = os.path.getsize(work_weights) / 1e6
+    if args.images:
+        from utils.agreement import agreement
+        found = agreement(model, compact, args.images, size)
+        before.update(agreement=1.0, boxes=found.reference_boxes)
+        after.update(agreement=found.score, boxes=found.candidate_boxes)
     if darknet_input:
         before["weights_MB"] = os.path.getsize(args.weights) / 1e6
     print(comparison_table(before, after))

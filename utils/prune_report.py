@@ -35,7 +35,8 @@ def channel_table(model, plans):
 def comparison_table(before, after):
     """before/after: dicts of metric name -> value (None = not measured)."""
     rows = [["metric", "original", "pruned", "change"]]
-    for key, label, fmt in (("mAP50", "mAP@0.5", "{:.4f}"), ("params", "params", "{:,}"),
+    for key, label, fmt in (("mAP50", "mAP@0.5", "{:.4f}"), ("agreement", "agreement mAP@0.5", "{:.4f}"),
+                            ("boxes", "boxes at conf 0.25", "{:,}"), ("params", "params", "{:,}"),
                             ("GFLOPs", "GFLOPs", "{:.3f}"), ("torch_ms", "torch ms", "{:.2f}"),
                             ("opencv_ms", "opencv ms", "{:.2f}"), ("weights_MB", "weights MB", "{:.2f}")):
         a, b = before.get(key), after.get(key)
@@ -43,6 +44,7 @@ def comparison_table(before, after):
             continue
         change = ""
         if a not in (None, 0) and b is not None:
-            change = f"{b - a:+.4f}" if key == "mAP50" else f"x{a / b:.2f}" if b else ""
+            change = (f"{b - a:+.4f}" if key in ("mAP50", "agreement") else f"{b - a:+,}" if key == "boxes"
+                      else f"x{a / b:.2f}" if b else "")
         rows.append([label, "-" if a is None else fmt.format(a), "-" if b is None else fmt.format(b), change])
     return _table(rows, " before / after ")

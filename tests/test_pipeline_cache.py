@@ -1,0 +1,83 @@
+"""Stage caching in utils/pipeline.run_training: a stage is reused only with the same arguments and inputs."""
+import json
+import os
+
+import pytest
+import torch
+
+from utils.pipeline import run_training
+from utils.synthetic import generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NARROW = os.path.join(ROOT, "cfg", "yolov3-narrow.cfg")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache-data")
+    generate(str(out), n_train=4, n_val=2, img_size=136, seed=0, workers=1, progress=False)
+    return str(out / "shapes.data")
+
+
+def stage(out, data, extra, weights=None):
+    return run_training(str(out), None if weights else NARROW, data, 1, img_size=64, batch_size=4,
+                        weights=weights, extra=["--val-max-images", "2", *extra], quiet=True)
+
+
+def trained_tensor(out):
+    return torch.load(os.path.join(out, "last.pt"), weights_only=True)["model"]["module_list.0.Conv2d.weight"]
+
+
+def test_changed_argument_or_input_reruns_the_stage(data, tmp_path, capsys):
+    base, sparse = tmp_path / "train", tmp_path / "sparse"
+    stage(base, data, ["--lr0", "0.001"])
+    first = trained_tensor(base)
+    stage(base, data, ["--lr0", "0.001"])
+    assert "[cached]" in capsys.readouterr().out
+    assert torch.equal(trained_tensor(base), first)
+
+    stage(base, data, ["--lr0", "0.01"])                      # new argument: retrained, and said why
+    out = capsys.readouterr().out
+    assert "[rerun]" in out and "--lr0 0.001 -> 0.01" in out
+    assert not torch.equal(trained_tensor(base), first)
+    assert "0.01" in json.load(open(base / "done.json"))["key"]["argv"]
+
+    stage(sparse, data, ["-sr", "--s", "0.01"], weights=str(base / "last.pt"))
+    capsys.readouterr()
+    stage(base, data, ["--lr0", "0.003"])                     # the upstream stage retrains ...
+    capsys.readouterr()
+    stage(sparse, data, ["-sr", "--s", "0.01"], weights=str(base / "last.pt"))
+    out = capsys.readouterr().out                             # ... so the stage reading it reruns too
+    assert "[rerun]" in out and "last.pt changed" in out
+
+
+def test_unfinished_stage_with_the_same_key_resumes(data, tmp_path, capsys):
+    out = tmp_path / "s"
+    stage(out, data, [])
+    os.remove(out / "done.json")                              # as if killed after the last checkpoint
+    stage(out, data, [])
+    assert "[resume]" in capsys.readouterr().out
+
+
+def test_changed_default_reruns_even_with_the_same_command_line(data, tmp_path, capsys, monkeypatch):
+    import train
+    out = tmp_path / "d"
+    stage(out, data, [])
+    real = train.parse_args
+
+    def other_default(argv=None):   # as if train.py's default EMA decay changed between two runs
+        opt = real(argv)
+        opt.ema = 0.5
+        return opt
+    monkeypatch.setattr(train, "parse_args", other_default)
+    stage(out, data, [])
+    printed = capsys.readouterr().out
+    assert "[rerun]" in printed and "--ema default 0.999 -> 0.5" in printed
