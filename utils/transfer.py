@@ -22,6 +22,7 @@ import torch
 
 from models import Darknet, load_checkpoint, read_weights_file
 from utils.errors import WeightsError
+from utils.io import is_torch_file
 from utils.loss import init_head_biases
 from utils.parse_config import parse_cfg_text, parse_model_cfg
 
@@ -102,7 +103,7 @@ def solve_source_classes(target, n_floats):
 
 def source_model(path, target, weights_cfg=None):
     """The pretrained model, built from its own cfg and loaded in full."""
-    if str(path).endswith(".pt"):
+    if is_torch_file(path):
         ckpt = load_checkpoint(path)
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("cfg"), str):
             raise WeightsError(f"{path}: has no cfg inside, so its layers cannot be matched; "
