@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models import load_model, model_from_checkpoint
-from utils.datasets import LoadImages, letterbox, make_divisible, read_image, to_tensor
+from utils.datasets import LoadImages, check_image_file, letterbox, make_divisible, read_image, to_tensor
 from utils.errors import SlimError, WeightsError, cli_main
 from utils import cli_checks as checks
 from utils.io import atomic_write, is_torch_file, refuse_overwrite
@@ -159,6 +159,8 @@ def validate_inputs(args, img_size):
         raise SlimError(f"{args.weights}: the opencv backend needs a Darknet --cfg and .weights pair; "
                         f"write one with convert.py")
     images = LoadImages(args.source, img_size)
+    for f in images.files:   # an unreadable image found half-way would leave half the outputs written
+        check_image_file(f, args.source)
     check_out_folder(args.out, images.files)
     return names, images
 

@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--percent", type=checks.open_fraction, default=0.7)
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=0.05)
     p.add_argument("--lr0", type=checks.positive_float, default=0.003)
-    p.add_argument("--latency-runs", type=checks.count, default=20)
+    p.add_argument("--latency-runs", type=checks.timed_runs, default=20)
     args = p.parse_args(argv)
     checks.check_cfg(args.cfg)
     return args

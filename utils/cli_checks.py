@@ -72,7 +72,8 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 positive_int = number(int, lo=1)
-count = number(int, lo=0)                                   # e.g. --latency-runs 0 = skip
+count = number(int, lo=0)
+timed_runs = number(int, lo=0, hi=10000)                    # --latency-runs: 0 = skip
 fraction = number(float, lo=0, hi=1)                        # thresholds: [0, 1]
 open_fraction = number(float, lo=0, hi=1, lo_open=True, hi_open=True)
 positive_float = number(float, lo=0, lo_open=True)
@@ -110,6 +111,8 @@ def input_file(text):
         raise argparse.ArgumentTypeError(f"{path}: file not found")
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path}: is a folder; pass the file")
+    if not os.path.isfile(path):   # a device or pipe: reading it could block or never end
+        raise argparse.ArgumentTypeError(f"{path}: not a regular file; pass a file")
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"{path}: no permission to read it")
     return path
@@ -175,10 +178,18 @@ def cfg_classes(module_defs):
     return None
 
 
+def _text_file(read, path, kind):
+    """``read(path)``, with a file that is not UTF-8 text reported as such instead of a traceback."""
+    try:
+        return read(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file; pass the {kind}") from None
+
+
 def check_names(path):
     """Class names of a .names file; an empty one is an error, not 'no names'."""
     from utils.parse_config import load_classes
-    names = load_classes(path)
+    names = _text_file(load_classes, path, ".names file (one class name per line)")
     if not names:
         raise DataError(f"{path}: holds no class names; write one name per line (or leave the option out)")
     return names
@@ -187,11 +198,11 @@ def check_names(path):
 def check_data(path, lists=("valid",)):
     """A .data file whose ``lists`` (train/valid) exist and whose names= (if any) is non-empty."""
     from utils.parse_config import parse_data_cfg
-    data = parse_data_cfg(path)
+    data = _text_file(parse_data_cfg, path, ".data file (key=value lines)")
     for key in lists:
         if not data.get(key):
             raise DataError(f"{path}: no '{key}=' line; add the image list path")
-        if not os.path.isfile(data[key]):
+        if not os.path.exists(data[key]):
             raise DataError(f"{path}: {key}={data[key]} not found; fix the path in the .data file")
     if data.get("names"):
         check_names(data["names"])

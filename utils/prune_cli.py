@@ -35,7 +35,7 @@ def base_parser(description, percent_default=0.5):
                    help="input size, rounded up to a multiple of 32 (default: the cfg's [net] width)")
     p.add_argument("--out", type=checks.output_dir, default=None,
                    help="output folder (default: runs/prune/<cfg>-<method>-<percent>); taken as -2, -3, ... when it exists")
-    p.add_argument("--latency-runs", type=checks.count, default=10, help="timed runs for each latency median (0 = skip)")
+    p.add_argument("--latency-runs", type=checks.timed_runs, default=10, help="timed runs for each latency median (0 = skip)")
     return p
 
 
