@@ -34,7 +34,7 @@ def build_model(cfg, weights, cutoff=None):
         model = Darknet(cfg)
         return load_weights(model, weights, cutoff if not is_torch_file(weights) else None)
     if not is_torch_file(weights):
-        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
+        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
     return model_from_checkpoint(weights)
 
 
