@@ -58,7 +58,8 @@ def convert(cfg, weights, out, cutoff=None):
 
 
 def parse_args(argv=None):
-    p = checks.parser("Convert between Darknet .weights and our PyTorch checkpoints.", prog="convert.py")
+    p = checks.parser("Convert between Darknet .weights and our PyTorch checkpoints.", prog="convert.py",
+                      show_defaults=False)
     p.add_argument("--cfg", default=None, type=checks.input_file,
                    help="Darknet .cfg of the model (optional for our checkpoints, which carry it)")
     p.add_argument("--weights", required=True, type=checks.input_file,

@@ -27,8 +27,10 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parser(description, prog=None, **kwargs):
-    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+def parser(description, prog=None, show_defaults=True, **kwargs):
+    """A Parser; ``show_defaults=False`` for tools whose help texts state their defaults themselves."""
+    if show_defaults:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
     return Parser(prog=prog, description=description, **kwargs)
 
 
