@@ -467,6 +467,10 @@ def test_detect_warns_when_outputs_are_not_finite(tmp_path, small_weights):
                    "--out", tmp_path / "det")
     assert done.returncode == 0, done.stderr
     assert "warning: the model's outputs hold NaN or Inf on 1 of 1 images" in done.stderr
+    onnx = str(tmp_path / "huge.onnx")
+    done = run_cli("export.py", "--cfg", cfg, "--weights", path, "--out", onnx, "--img-size", "64")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the model's outputs hold NaN or Inf on a random input" in done.stderr
 
 
 # ----------------------------------------------------------------------------- temporaries and folders
