@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from models import load_model, model_from_checkpoint
 from utils.datasets import LoadImagesAndLabels
 from utils import cli_checks as checks
-from utils.errors import DataError, cli_main
+from utils.errors import DataError, SlimError, cli_main
 from utils.io import is_torch_file
 from utils.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
                            summarize_detections, xywh2xyxy)
@@ -119,6 +119,8 @@ def parse_args(argv=None):
 
 def validate_inputs(opt):
     """.data (lists, names) and cfg checked before the model is built; returns the parsed .data."""
+    if opt.device != "cpu" and not torch.cuda.is_available():
+        raise SlimError(f"--device {opt.device}: CUDA is not available here; use --device cpu")
     data = checks.check_data(opt.data)
     if opt.cfg:
         defs = checks.check_cfg(opt.cfg)

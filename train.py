@@ -119,6 +119,7 @@ def parse_args(argv=None):
 def validate_inputs(opt):
     """The .data, its lists and names, and the cfgs, checked before the run folder or a model exists."""
     data = checks.check_data(opt.data, lists=("train", "valid"))
+    parse_hyp(opt.hyp)
     for cfg in (opt.cfg, opt.t_cfg):
         if cfg and not opt.resume:
             defs = checks.check_cfg(cfg)
@@ -137,6 +138,9 @@ def parse_hyp(pairs):
             overrides[key] = float(value)
         except ValueError:
             overrides[key] = value
+        else:
+            if not math.isfinite(overrides[key]) or overrides[key] < 0:
+                raise SlimError(f"--hyp {pair}: must be a finite number >= 0")
     try:
         return default_hyp(**overrides)
     except ValueError as e:
