@@ -119,6 +119,7 @@ def ws(tmp_path_factory):
     p["data_cls3"] = write_data(root, "cls3.data", classes=3)
     p["data_nolist"] = write_data(root, "nolist.data", valid="missing.txt", train="missing.txt")
     p["data_emptynames"] = write_data(root, "emptynames.data", names="empty.names")
+    p["data_names3"] = write_data(root, "names3.data", names="three.names")
     # a label line outside the image: noticed only when the data set is read (after pruning)
     (root / "bad" / "images").mkdir(parents=True)
     (root / "bad" / "labels").mkdir()
@@ -382,6 +383,8 @@ META_CASES = (
     + [case(s, {"--data": "{data_cls3}"}, r"cls3\.data: classes=3 but the model's \[yolo\] layers have classes=5")
        for s in WITH_DATA]
     + [case(s, {"--data": "{data_emptynames}"}, r"empty\.names: holds no class names") for s in WITH_DATA[1::2]]
+    + [case(s, {"--data": "{data_names3}"}, r"three\.names: 3 names but the model has 5 classes")
+       for s in WITH_DATA[::3]]
     + [case("detect.py", {"--names": "{empty_names}"}, r"empty\.names: holds no class names"),
        case("detect.py", {"--names": "{three_names}", "--backend": "opencv"},
             r"three\.names: 3 names but the model has 5 classes"),

@@ -212,7 +212,10 @@ def check_data(path, lists=("valid",)):
 
 
 def check_classes(nc, data, data_path, names=None, names_path=None):
-    """The .data's classes= and the .names count must agree with the model's ``nc``."""
+    """The .data's classes= and the .names count (``names``, else the .data's names= file) must
+    agree with the model's ``nc``."""
+    if names is None and data and data.get("names"):
+        names, names_path = check_names(data["names"]), data["names"]
     declared = data.get("classes") if data else None
     if declared is not None and declared != nc:
         raise DataError(f"{data_path}: classes={declared} but the model's [yolo] layers have classes={nc}; "
