@@ -34,7 +34,7 @@ def build_model(cfg, weights, cutoff=None):
         model = Darknet(cfg)
         return load_weights(model, weights, cutoff if not is_torch_file(weights) else None)
     if not is_torch_file(weights):
-        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
+        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
     return model_from_checkpoint(weights)
 
 
@@ -58,7 +58,8 @@ def convert(cfg, weights, out, cutoff=None):
 
 
 def parse_args(argv=None):
-    p = checks.parser("Convert between Darknet .weights and our PyTorch checkpoints.", prog="convert.py")
+    p = checks.parser("Convert between Darknet .weights and our PyTorch checkpoints.", prog="convert.py",
+                      show_defaults=False)
     p.add_argument("--cfg", default=None, type=checks.input_file,
                    help="Darknet .cfg of the model (optional for our checkpoints, which carry it)")
     p.add_argument("--weights", required=True, type=checks.input_file,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models import load_model, model_from_checkpoint
-from utils.datasets import LoadImages, letterbox, make_divisible, read_image, to_tensor
+from utils.datasets import LoadImages, check_image_file, letterbox, make_divisible, read_image, to_tensor
 from utils.errors import SlimError, WeightsError, cli_main
 from utils import cli_checks as checks
 from utils.io import atomic_write, is_torch_file, refuse_overwrite
@@ -159,6 +159,8 @@ def validate_inputs(args, img_size):
         raise SlimError(f"{args.weights}: the opencv backend needs a Darknet --cfg and .weights pair; "
                         f"write one with convert.py")
     images = LoadImages(args.source, img_size)
+    for f in images.files:   # an unreadable image found half-way would leave half the outputs written
+        check_image_file(f, args.source)
     check_out_folder(args.out, images.files)
     return names, images
 
@@ -196,7 +198,8 @@ def run(args):
 
 def parse_args(argv=None):
     p = checks.parser("Detect objects with a Darknet model; save annotated images "
-                      "and detections (.json per image, detections.txt for all).", prog="detect.py")
+                      "and detections (.json per image, detections.txt for all).", prog="detect.py",
+                      show_defaults=False)
     p.add_argument("--cfg", default=None, type=checks.input_file,
                    help="Darknet .cfg (optional with our checkpoint, which carries its cfg)")
     p.add_argument("--weights", required=True, type=checks.input_file, help="Darknet .weights or our checkpoint")
@@ -204,10 +207,12 @@ def parse_args(argv=None):
     p.add_argument("--names", default=None, type=checks.input_file,
                    help=".names file for class labels (default: class numbers)")
     p.add_argument("--img-size", type=checks.img_size, default=416,
-                   help="network input size, rounded up to a multiple of 32")
-    p.add_argument("--conf-thres", type=checks.fraction, default=0.25, help="minimum obj*class confidence, in [0, 1]")
-    p.add_argument("--iou-thres", type=checks.fraction, default=0.45, help="NMS IoU threshold, in [0, 1]")
-    p.add_argument("--out", default=os.path.join("runs", "detect"), type=checks.output_dir, help="output folder")
+                   help="network input size, rounded up to a multiple of 32 (default 416)")
+    p.add_argument("--conf-thres", type=checks.fraction, default=0.25,
+                   help="minimum obj*class confidence, in [0, 1] (default 0.25)")
+    p.add_argument("--iou-thres", type=checks.fraction, default=0.45, help="NMS IoU threshold, in [0, 1] (default 0.45)")
+    p.add_argument("--out", default=os.path.join("runs", "detect"), type=checks.output_dir,
+                   help="output folder (default runs/detect)")
     p.add_argument("--backend", choices=("torch", "opencv"), default="torch",
                    help="torch (our model) or opencv (cv2.dnn's Darknet importer, .weights only)")
     return p.parse_args(argv)

@@ -4,6 +4,7 @@ Outputs: ``detections`` (1, N, 5+nc: xywh in input pixels, objectness, class sco
 ``Darknet.forward`` in eval mode) and one raw head tensor per [yolo] layer.
 """
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -69,6 +70,9 @@ def main(argv=None):
     export_onnx(model, args.out, size, args.opset)
     diff = onnx_max_difference(model, args.out, size)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB); onnxruntime vs PyTorch max relative diff {diff:.2e}")
+    if not np.isfinite(diff):
+        print("warning: the model's outputs hold NaN or Inf on a random input, so the comparison is meaningless "
+              "and so are its detections; check the weights", file=sys.stderr)
     return diff
 
 

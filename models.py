@@ -230,7 +230,8 @@ def read_weights_file(path):
     version = np.frombuffer(blob, dtype=np.int32, count=3).copy()
     major, minor, _ = (int(v) for v in version)
     if not (0 <= major < 1000 and 0 <= minor < 1000):
-        raise WeightsError(f"{path}: header version {tuple(version)} is not Darknet's; is this a .weights file?")
+        raise WeightsError(f"{path}: header version {tuple(int(v) for v in version)} is not Darknet's; "
+                           f"is this a .weights file?")
     wide = major * 10 + minor >= 2
     header_bytes = 20 if wide else 16
     if len(blob) < header_bytes:

@@ -19,7 +19,7 @@ from models import load_model, model_from_checkpoint
 from utils.agreement import agreement
 from utils.datasets import LoadImagesAndLabels
 from utils import cli_checks as checks
-from utils.errors import DataError, cli_main
+from utils.errors import DataError, SlimError, cli_main
 from utils.io import is_torch_file
 from utils.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
                            summarize_detections, xywh2xyxy)
@@ -133,6 +133,8 @@ def parse_args(argv=None):
 
 def validate_inputs(opt):
     """.data (lists, names) and cfg checked before the model is built; returns the parsed .data or None."""
+    if opt.device != "cpu" and not torch.cuda.is_available():
+        raise SlimError(f"--device {opt.device}: CUDA is not available here; use --device cpu")
     if not opt.data:
         if opt.cfg:
             checks.check_cfg(opt.cfg)

@@ -142,6 +142,7 @@ def parse_args(argv=None):
 def validate_inputs(opt):
     """The .data, its lists and names, and the cfgs, checked before the run folder or a model exists."""
     data = checks.check_data(opt.data, lists=("train", "valid"))
+    parse_hyp(opt.hyp)
     for cfg in (opt.cfg, opt.t_cfg, opt.weights_cfg):
         if cfg and not opt.resume:
             defs = checks.check_cfg(cfg)

@@ -108,11 +108,18 @@ def ws(tmp_path_factory):
     (root / "three.names").write_text("a\nb\nc\n")
     p["three_names"] = str(root / "three.names")
     (root / "empty.names").write_text("\n  \n")
+    (root / "binary.names").write_bytes(bytes(range(128, 256)))
+    p["binary_names"] = str(root / "binary.names")
+    (root / "mixed").mkdir()   # one good image, then an empty one: refused before the first is written
+    shutil.copy(root / "images" / "0.jpg", root / "mixed" / "a.jpg")
+    (root / "mixed" / "empty.jpg").write_bytes(b"")
+    p["mixed_images"] = str(root / "mixed")
     p["empty_names"] = str(root / "empty.names")
     p["data"] = write_data(root, "tiny.data")
     p["data_cls3"] = write_data(root, "cls3.data", classes=3)
     p["data_nolist"] = write_data(root, "nolist.data", valid="missing.txt", train="missing.txt")
     p["data_emptynames"] = write_data(root, "emptynames.data", names="empty.names")
+    p["data_names3"] = write_data(root, "names3.data", names="three.names")
     # a label line outside the image: noticed only when the data set is read (after pruning)
     (root / "bad" / "images").mkdir(parents=True)
     (root / "bad" / "labels").mkdir()
@@ -257,7 +264,7 @@ def test_output_location_refused(outcomes, case_id):
 # ----------------------------------------------------------------------------- 2. numbers
 # the five prune scripts share one parser: each value is tried on two of them, every script gets several
 PRUNE_NUMBERS = [({"--img-size": "0"}, r"--img-size: 0 is out of range"),
-                 ({"--latency-runs": "-1"}, r"--latency-runs: -1 is out of range; pass an integer >= 0"),
+                 ({"--latency-runs": "-1"}, r"--latency-runs: -1 is out of range; pass an integer in \[0, 10000\]"),
                  ({"--percent": "nan"}, r"--percent: nan is not a finite number"),
                  ({"--layer-keep": "inf"}, r"--layer-keep: inf is not a finite number"),
                  ({"--percent": "-0.2"}, r"--percent: -0.2 is out of range")]
@@ -279,12 +286,15 @@ NUMBER_CASES = (
        case("test.py", {"--iou-thres": "2"}, r"--iou-thres: 2 is out of range"),
        case("test.py", {"--batch-size": "0"}, r"--batch-size: 0 is out of range; pass an integer >= 1"),
        case("test.py", {"--max-images": "0"}, r"--max-images: 0 is out of range"),
+       *([case("test.py", {"--device": "cuda"}, r"--device cuda: CUDA is not available")]
+         if not torch.cuda.is_available() else []),
        case("train.py", {"--epochs": "0"}, r"--epochs: 0 is out of range"),
        case("train.py", {"--batch-size": "-1"}, r"--batch-size: -1 is out of range"),
        case("train.py", {"--img-size": "0"}, r"--img-size: 0 is out of range"),
        case("train.py", {"--lr0": "nan"}, r"--lr0: nan is not a finite number"),
        case("train.py", {"--s": "inf"}, r"--s: inf is not a finite number"),
        case("train.py", {"--momentum": "1"}, r"--momentum: 1 is out of range; pass a number in \[0, 1\)"),
+       case("train.py", {"--hyp": "giou=nan"}, r"--hyp giou=nan: must be a finite number >= 0"),
        case("export.py", {"--img-size": "0"}, r"--img-size: 0 is out of range"),
        case("export.py", {"--img-size": "-1"}, r"--img-size: -1 is out of range"),
        case("export.py", {"--opset": "0"}, r"--opset: 0 is out of range"),
@@ -293,7 +303,8 @@ NUMBER_CASES = (
        case("slim.py", {"--img-size": "0"}, r"--img-size: 0 is out of range"),
        case("slim.py", {"--percent": "nan"}, r"--percent: nan is not a finite number"),
        case("slim.py", {"--epochs": "0"}, r"--epochs: 0 is out of range"),
-       case("slim.py", {"--latency-runs": "-1"}, r"--latency-runs: -1 is out of range")]
+       case("slim.py", {"--latency-runs": "-1"}, r"--latency-runs: -1 is out of range"),
+       case("shortcut_prune.py", {"--latency-runs": "1000000000"}, r"--latency-runs: 1000000000 is out of range")]
 )
 
 
@@ -325,6 +336,10 @@ INPUT_CASES = (
        for s in WITH_DATA[::2]]
     + [case("detect.py", {"--source": "{root}/none*.jpg"}, r"none\*\.jpg: no images found"),
        case("detect.py", {"--names": "{missing}"}, r"--names: .*file not found"),
+       case("detect.py", {"--names": "{binary_names}"}, r"binary\.names: not a UTF-8 text file"),
+       case("detect.py", {"--source": "{mixed_images}"}, r"empty\.jpg: image file is empty"),
+       case("test.py", {"--weights": "/dev/zero"}, r"--weights: /dev/zero: not a regular file"),
+       case("prune_tiny.py", {"--cfg": "/dev/zero"}, r"--cfg: /dev/zero: not a regular file"),
        case("convert.py", {"--out": "{weights}"}, r"overwrite the input"),
        case("export.py", {"--out": "{out}.onnx.txt"}, r"must end in \.onnx")]
 )
@@ -368,6 +383,8 @@ META_CASES = (
     + [case(s, {"--data": "{data_cls3}"}, r"cls3\.data: classes=3 but the model's \[yolo\] layers have classes=5")
        for s in WITH_DATA]
     + [case(s, {"--data": "{data_emptynames}"}, r"empty\.names: holds no class names") for s in WITH_DATA[1::2]]
+    + [case(s, {"--data": "{data_names3}"}, r"three\.names: 3 names but the model has 5 classes")
+       for s in WITH_DATA[::3]]
     + [case("detect.py", {"--names": "{empty_names}"}, r"empty\.names: holds no class names"),
        case("detect.py", {"--names": "{three_names}", "--backend": "opencv"},
             r"three\.names: 3 names but the model has 5 classes"),

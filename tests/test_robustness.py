@@ -467,6 +467,10 @@ def test_detect_warns_when_outputs_are_not_finite(tmp_path, small_weights):
                    "--out", tmp_path / "det")
     assert done.returncode == 0, done.stderr
     assert "warning: the model's outputs hold NaN or Inf on 1 of 1 images" in done.stderr
+    onnx = str(tmp_path / "huge.onnx")
+    done = run_cli("export.py", "--cfg", cfg, "--weights", path, "--out", onnx, "--img-size", "64")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the model's outputs hold NaN or Inf on a random input" in done.stderr
 
 
 # ----------------------------------------------------------------------------- temporaries and folders
@@ -536,3 +540,17 @@ def test_gamma_histogram_line_sums_to_the_whole():
     assert line.startswith("|gamma| histogram: <0.001  12% ##") and "0.1-1  50% ##########" in line
     shares = [int(s) for s in re.findall(r"(\d+)%", line)]
     assert len(shares) == 5 and abs(sum(shares) - 100) <= 3   # each share is rounded
+
+
+def test_cli_main_reports_environment_errors_in_one_line(capsys):
+    """A permission changed or a disk filled mid-run: one line naming the file, exit 2."""
+    from utils.errors import cli_main
+
+    def fails():
+        raise PermissionError(13, "Permission denied", "/some/out/x.weights")
+
+    with pytest.raises(SystemExit) as stop:
+        cli_main(fails)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith("error: /some/out/x.weights: Permission denied")

@@ -4,8 +4,8 @@ Ranges are checked by argparse ``type=`` helpers, so the message names the argum
 says what is allowed. Paths are checked for what the tool will do with them: inputs must be
 readable files, outputs must be creatable without replacing a folder, writing under a file
 or into a folder we may not write. Content checks (cfg, .data, .names) follow right after
-parsing, still before any model is built. Nothing here imports torch, so a bad command line
-is refused in well under a second of work.
+parsing, still before any model is built. Nothing here imports torch: the checks take
+milliseconds, and a refused command line costs little more than the tool's own imports.
 """
 import argparse
 import glob
@@ -28,8 +28,10 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parser(description, prog=None, **kwargs):
-    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+def parser(description, prog=None, show_defaults=True, **kwargs):
+    """A Parser; ``show_defaults=False`` for tools whose help texts state their defaults themselves."""
+    if show_defaults:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
     return Parser(prog=prog, description=description, **kwargs)
 
 
@@ -73,7 +75,8 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 positive_int = number(int, lo=1)
-count = number(int, lo=0)                                   # e.g. --latency-runs 0 = skip
+count = number(int, lo=0)
+timed_runs = number(int, lo=0, hi=10000)                    # --latency-runs: 0 = skip
 fraction = number(float, lo=0, hi=1)                        # thresholds: [0, 1]
 open_fraction = number(float, lo=0, hi=1, lo_open=True, hi_open=True)
 positive_float = number(float, lo=0, lo_open=True)
@@ -111,6 +114,8 @@ def input_file(text):
         raise argparse.ArgumentTypeError(f"{path}: file not found")
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path}: is a folder; pass the file")
+    if not os.path.isfile(path):   # a device or pipe: reading it could block or never end
+        raise argparse.ArgumentTypeError(f"{path}: not a regular file; pass a file")
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"{path}: no permission to read it")
     return path
@@ -188,10 +193,18 @@ def cfg_classes(module_defs):
     return None
 
 
+def _text_file(read, path, kind):
+    """``read(path)``, with a file that is not UTF-8 text reported as such instead of a traceback."""
+    try:
+        return read(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file; pass the {kind}") from None
+
+
 def check_names(path):
     """Class names of a .names file; an empty one is an error, not 'no names'."""
     from utils.parse_config import load_classes
-    names = load_classes(path)
+    names = _text_file(load_classes, path, ".names file (one class name per line)")
     if not names:
         raise DataError(f"{path}: holds no class names; write one name per line (or leave the option out)")
     return names
@@ -200,11 +213,11 @@ def check_names(path):
 def check_data(path, lists=("valid",)):
     """A .data file whose ``lists`` (train/valid) exist and whose names= (if any) is non-empty."""
     from utils.parse_config import parse_data_cfg
-    data = parse_data_cfg(path)
+    data = _text_file(parse_data_cfg, path, ".data file (key=value lines)")
     for key in lists:
         if not data.get(key):
             raise DataError(f"{path}: no '{key}=' line; add the image list path")
-        if not os.path.isfile(data[key]):
+        if not os.path.exists(data[key]):
             raise DataError(f"{path}: {key}={data[key]} not found; fix the path in the .data file")
     if data.get("names"):
         check_names(data["names"])
@@ -212,7 +225,10 @@ def check_data(path, lists=("valid",)):
 
 
 def check_classes(nc, data, data_path, names=None, names_path=None):
-    """The .data's classes= and the .names count must agree with the model's ``nc``."""
+    """The .data's classes= and the .names count (``names``, else the .data's names= file) must
+    agree with the model's ``nc``."""
+    if names is None and data and data.get("names"):
+        names, names_path = check_names(data["names"]), data["names"]
     declared = data.get("classes") if data else None
     if declared is not None and declared != nc:
         raise DataError(f"{data_path}: classes={declared} but the model's [yolo] layers have classes={nc}; "

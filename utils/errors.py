@@ -28,11 +28,19 @@ class PruneError(SlimError):
 
 
 def cli_main(fn, *args, **kwargs):
-    """Run a command-line entry point; turn our errors into one line on stderr and exit 2."""
+    """Run a command-line entry point; turn our errors (and the environment's: OSError,
+    MemoryError) into one line on stderr and exit 2."""
     try:
         return fn(*args, **kwargs)
     except SlimError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # the environment, not a bug: a full disk, a permission changed mid-run
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; check the path, its permissions and free space", file=sys.stderr)
+        sys.exit(2)
+    except MemoryError:
+        print("error: out of memory; lower --img-size or --batch-size", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from utils.prune_report import channel_table, comparison_table
 from utils.prune_utils import POLICIES, make_units, prune, unit_scores, write_pruned
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
+SPARSE_ENOUGH = 0.1  # a sparsity-trained model has at least this share of gammas near zero
 
 
 def base_parser(description, percent_default=0.5):
@@ -38,7 +39,7 @@ def base_parser(description, percent_default=0.5):
                    help="input size, rounded up to a multiple of 32 (default: the cfg's [net] width)")
     p.add_argument("--out", type=checks.output_dir, default=None,
                    help="output folder (default: runs/prune/<cfg>-<method>-<percent>); taken as -2, -3, ... when it exists")
-    p.add_argument("--latency-runs", type=checks.count, default=10, help="timed runs for each latency median (0 = skip)")
+    p.add_argument("--latency-runs", type=checks.timed_runs, default=10, help="timed runs for each latency median (0 = skip)")
     return p
 
 
@@ -86,7 +87,7 @@ def sparsity_report(model, graph, policy, percent):
     print(f"sparsity: {near:.1%} of {gammas.numel()} prunable |gamma| are below {NEAR_ZERO} "
           f"(median {float(gammas.median()):.3g})")
     print(gamma_histogram_line(gammas))
-    if policy.importance == "bn" and percent > near + 0.1:
+    if policy.importance == "bn" and (percent > near + 0.1 or near < SPARSE_ENOUGH):
         print(f"warning: this model does not look sparsity-trained: --percent {percent:g} removes {percent:.0%} "
               f"of the channels but only {near:.1%} have |gamma| below {NEAR_ZERO}, so live channels are cut "
               f"and accuracy may collapse (check with --data); sparsity-train first (train.py -sr) or lower --percent")
@@ -148,7 +149,7 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     with atomic_folder(folder) as work:
         summary = _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem)
-    print(f"wrote {folder}")
+    print(f"complete: {folder} (pruned pair and summary.json)")
     return summary
 
 
@@ -177,6 +178,9 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
     if darknet_input:
         before["weights_MB"] = os.path.getsize(args.weights) / 1e6
     print(comparison_table(before, after))
+    if not args.data:
+        print("note: accuracy was not measured (no --data): the table shows only size and speed; "
+              "pass --data to compare mAP@0.5 before and after")
     summary = {"method": method, "cfg": args.cfg, "weights": args.weights, "percent": args.percent,
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
