@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p = checks.Parser(prog="slim.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="tiny",
                    help="tiny: fine-tune the real COCO yolov3-tiny (default); narrow: narrow yolov3 from scratch")
+    p.add_argument("--cfg", type=checks.input_file,
+                   help="with --model narrow: the cfg trained from scratch (default cfg/yolov3-narrow.cfg)")
     p.add_argument("--out", default="runs/slim", type=checks.output_dir, help="run folder (stages found there are reused)")
     p.add_argument("--data-dir", default="data/shapes-slim", type=checks.output_dir,
                    help="where the synthetic set is generated")
@@ -59,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=checks.positive_int, help="torch threads (default: torch's; 1 on a busy machine)")
     p.add_argument("--latency-runs", type=checks.timed_runs, default=20)
     args = p.parse_args(argv)
+    if args.cfg and args.model != "narrow":
+        p.error("--cfg applies to --model narrow; --model tiny derives its cfg from the COCO yolov3-tiny")
+    if args.cfg:
+        checks.check_cfg(args.cfg)
     for key, value in MODELS[args.model].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -72,7 +78,7 @@ def stage(title):
 def starting_point(args, data):
     """(cfg, weights) to train from: the COCO tiny adapted to the data set, or the narrow cfg."""
     if args.model == "narrow":
-        return "cfg/yolov3-narrow.cfg", None
+        return args.cfg or "cfg/yolov3-narrow.cfg", None
     from scripts.fetch_tiny import fetch_tiny
     from utils.anchors import kmeans_anchors, label_sizes
     from utils.parse_config import parse_data_cfg, write_model_cfg

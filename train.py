@@ -179,7 +179,7 @@ def parse_hyp(items):
         except ValueError:
             number = None
         if number is not None and (not math.isfinite(number) or number < 0):
-            raise SlimError(f"{where}: {key}={value}: must be a finite number >= 0")
+            raise SlimError(f"{where} {key}={value}: must be a finite number >= 0")
         if key in DEFAULT_AUG_HYP:
             if number is None:
                 raise SlimError(f"{where}: {key}={value!r} is not a number")

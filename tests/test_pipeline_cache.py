@@ -62,9 +62,21 @@ def test_changed_argument_or_input_reruns_the_stage(data, tmp_path, capsys):
 def test_unfinished_stage_with_the_same_key_resumes(data, tmp_path, capsys):
     out = tmp_path / "s"
     stage(out, data, [])
-    os.remove(out / "done.json")                              # as if killed after the last checkpoint
+    os.remove(out / "done.json")                              # as if killed before the record was written
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["epoch"], ckpt["batch"] = 0, 0                       # ... and before the last epoch ended
+    torch.save(ckpt, out / "last.pt")
     stage(out, data, [])
     assert "[resume]" in capsys.readouterr().out
+
+
+def test_finished_stage_without_its_record_is_trained_again(data, tmp_path, capsys):
+    out = tmp_path / "s"
+    stage(out, data, [])
+    os.remove(out / "done.json")                              # killed between the last checkpoint and the record
+    result = stage(out, data, [])
+    assert "the run finished but its result was never recorded" in capsys.readouterr().out
+    assert os.path.isfile(out / "done.json") and "mAP50" in result
 
 
 def test_changed_default_reruns_even_with_the_same_command_line(data, tmp_path, capsys, monkeypatch):

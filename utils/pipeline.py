@@ -61,9 +61,14 @@ def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, ext
         return done["result"]
     started = read_json(os.path.join(out, "stage.json"))
     resume = started is not None and started.get("key") == key and done is None \
-        and os.path.isfile(os.path.join(out, "last.pt"))
+        and checkpoint_epoch(os.path.join(out, "last.pt")) < epochs
     if resume:
         print(f"[resume] {out}: an unfinished run with the same arguments and inputs")
+    elif started is not None and started.get("key") == key and done is None:
+        # killed between its last checkpoint and its record: train.py refuses to resume a
+        # finished run, and the result it returns is not stored anywhere else
+        print(f"[rerun] {out}: the run finished but its result was never recorded; training it again")
+        shutil.rmtree(out)
     elif done is not None or started is not None:
         old = (done or started).get("key") or {"argv": (done or started).get("argv", []), "inputs": {}}
         print(f"[rerun] {out}: {key_change(old, key)}; training it again")
@@ -77,6 +82,16 @@ def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, ext
     with atomic_write(os.path.join(out, "done.json"), "w") as f:
         json.dump({"key": key, "result": result}, f, indent=2)
     return result
+
+
+def checkpoint_epoch(path):
+    """Epochs a train.py checkpoint has completed; -1 when there is none to resume."""
+    if not os.path.isfile(path):
+        return -1
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # unreadable or foreign: not a run this stage can resume
+        return -1
 
 
 def read_json(path):
