@@ -38,7 +38,7 @@ import test as tester
 from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from utils.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
 from utils.ema import ModelEMA
-from utils.distill import check_compatible, distillation_loss, teacher_outputs
+from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
 from utils import cli_checks as checks
 from utils.io import atomic_write, is_torch_file
@@ -593,7 +593,7 @@ class Trainer:
             loss, items = compute_loss(p, targets.to(self.device), self.net, self.hyp, imgs.shape[-2:])
             kd = torch.zeros((), device=self.device)
             if self.teacher is not None:
-                kd = distillation_loss(p, teacher_outputs(self.teacher, imgs), T=opt.kd_T) * imgs.shape[0]
+                kd = distillation_loss(head_logits(self.net, p), teacher_outputs(self.teacher, imgs), T=opt.kd_T) * imgs.shape[0]
                 loss = loss + opt.kd_weight * kd
         if not torch.isfinite(loss):
             raise SlimError(f"loss became {loss.item()} at epoch {epoch} batch {i}; lower --lr0 "

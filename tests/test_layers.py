@@ -1,4 +1,6 @@
 """The layer-kind table: every kind against OpenCV, pruned and compensated; refused options by name."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -151,12 +153,26 @@ def test_new_coords_loss_is_finite_and_trains_scores():
     assert torch.isfinite(items).all() and items[1] > 0 and items[2] > 0
 
 
-def test_distillation_refuses_new_coords_heads():
-    from utils.distill import check_compatible
-    from utils.errors import SlimError
-    model = Darknet(parse_cfg_text(KINDS["new-coords"]))
-    with pytest.raises(SlimError, match="new_coords=1"):
-        check_compatible(model, model)
+def test_distillation_compares_new_coords_heads_as_logits():
+    """new_coords heads output probabilities; distillation turns them back into logits, so the
+    loss is zero for a student equal to its teacher, positive otherwise, and finite."""
+    from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
+    teacher = randomize_weights(Darknet(parse_cfg_text(KINDS["new-coords"]))).eval()
+    student = copy.deepcopy(teacher).train()
+    for m in student.modules():   # training-mode outputs, but BN on the teacher's statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    check_compatible(student, teacher)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    same = distillation_loss(head_logits(student, student(x)), teacher_outputs(teacher, x))
+    assert float(same.detach()) < 1e-6
+    with torch.no_grad():
+        for prm in student.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+    loss = distillation_loss(head_logits(student, student(x)), teacher_outputs(teacher, x))
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 1e-4
+    assert all(torch.isfinite(prm.grad).all() for prm in student.parameters() if prm.grad is not None)
 
 
 def test_yolo_scale_x_y_does_not_change_the_stride():

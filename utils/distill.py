@@ -32,20 +32,27 @@ def check_compatible(student, teacher):
         raise SlimError(f"teacher has {len(t_heads)} YOLO heads, student {len(s_heads)}; distillation needs "
                         f"the same heads (use the unpruned model of the student as --t_cfg)")
     for k, (s, t) in enumerate(zip(s_heads, t_heads)):
-        if s.new_coords or t.new_coords:   # their raw outputs are probabilities, not the logits used here
-            raise SlimError(f"head {k}: distillation of [yolo] new_coords=1 heads is not supported")
+        if s.new_coords != t.new_coords:
+            raise SlimError(f"head {k}: teacher (new_coords={t.new_coords}) and student (new_coords={s.new_coords}) "
+                            f"decode boxes differently; distillation needs the same heads")
         if s.nc != t.nc or s.anchors.shape != t.anchors.shape or not torch.allclose(s.anchors, t.anchors):
             raise SlimError(f"head {k}: teacher ({t.nc} classes, anchors {t.anchors.tolist()}) and student "
                             f"({s.nc} classes, anchors {s.anchors.tolist()}) differ; distillation needs the "
                             f"same classes and anchors")
 
 
+def head_logits(model, p):
+    """Per-head (B, na, ny, nx, 5+nc) raw outputs as logits, whatever the heads' decoding."""
+    net = unwrap(model)
+    return [net.module_list[i].logits(t) for i, t in zip(net.yolo_layers, p)]
+
+
 @torch.no_grad()
 def teacher_outputs(teacher, imgs):
-    """The teacher's raw heads (B, na, ny, nx, 5+nc), without the decoding eval mode adds."""
+    """The teacher's heads (B, na, ny, nx, 5+nc) as logits, without the decoding eval mode adds."""
     net = unwrap(teacher)
     heads = [net.module_list[i] for i in net.yolo_layers]
-    return [h.reshape(r) for h, r in zip(heads, net.forward_raw(imgs))]
+    return head_logits(net, [h.reshape(r) for h, r in zip(heads, net.forward_raw(imgs))])
 
 
 def binary_kl_with_logits(student_logits, teacher_logits, T):
@@ -63,7 +70,8 @@ def _weighted_mean(values, weights):
 def distillation_loss(student_p, teacher_p, T=2.0, box_weight=1.0, obj_weight=1.0, cls_weight=1.0):
     """KD loss (scalar, per-image mean summed over heads) of the student's heads against the teacher's.
 
-    ``student_p`` / ``teacher_p``: lists of raw (B, na, ny, nx, 5+nc) tensors with equal shapes.
+    ``student_p`` / ``teacher_p``: lists of (B, na, ny, nx, 5+nc) logits with equal shapes (raw outputs
+    through ``head_logits``).
     """
     if len(student_p) != len(teacher_p):
         raise SlimError(f"distillation: student has {len(student_p)} heads, teacher {len(teacher_p)}")

@@ -196,6 +196,11 @@ class YOLOLayer(nn.Module):
         """Objectness and class probabilities from raw values."""
         return t[..., 4:] if self.new_coords else torch.sigmoid(t[..., 4:])
 
+    def logits(self, t):
+        """All raw values as logits: classic heads output logits already, new_coords heads hold
+        probabilities (their conv ends in a logistic), which distillation compares as logits."""
+        return torch.logit(t, eps=1e-6) if self.new_coords else t
+
     def score_logits(self, t):
         """Objectness and class logits (for BCE-with-logits losses) from raw values."""
         return torch.logit(t[..., 4:], eps=1e-6) if self.new_coords else t[..., 4:]
