@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=checks.img_size, default=160)
     p.add_argument("--batch-size", type=checks.positive_int, default=16)
     p.add_argument("--epochs", type=checks.positive_int, help="training epochs (default: per --model)")
-    p.add_argument("--sparse-epochs", type=checks.positive_int, help="sparsity-training epochs")
+    p.add_argument("--sparse-epochs", type=checks.count,
+                   help="epochs of a separate sparsity stage; 0 = L1 sparsity during the fine-tune itself")
     p.add_argument("--s", type=checks.non_negative_float,
                    help="sparsity strength (constant, with a constant LR: under Adam a gamma moves about lr "
                         "per step, so a decaying LR stops the collapse; see docs/TRAINING.md)")
@@ -95,16 +96,28 @@ def starting_point(args, data):
 
 
 def deploy_checks(model, cfg, weights, img_size):
-    """Read the written pair back in the deployment runtimes; returns {runtime: max |diff| vs PyTorch}.
-
-    Call site for further runtimes (real Darknet through utils/darknet_ref.py goes here).
-    """
-    from utils.opencv_dnn import max_difference_from_opencv
-    diff = max_difference_from_opencv(model, cfg, weights, img_size)
-    print(f"OpenCV DNN reads {cfg} + {weights}: max |diff| vs PyTorch {diff:.2e}")
-    if diff > 1e-3:
+    """Read the written pair back in the deployment runtimes: OpenCV DNN always, the original
+    Darknet where it is installed. Returns {runtime: difference relative to the head magnitude}."""
+    import numpy as np
+    from utils.darknet_ref import darknet_difference, darknet_missing, run_darknet
+    from utils.opencv_dnn import opencv_read_back
+    from utils.parity import TOLERANCE, within
+    diff, tolerance = opencv_read_back(model, cfg, weights, img_size)
+    print(f"OpenCV DNN reads {cfg} + {weights}: difference {diff:.2e} of the head magnitude (tolerance {tolerance:.2g})")
+    if not within(diff, tolerance):
         raise SlimError(f"{cfg}: OpenCV's outputs differ from PyTorch by {diff:.3g}; please report this")
-    return {"opencv": diff}
+    diffs = {"opencv": diff}
+    missing = darknet_missing()
+    if missing:
+        print(f"Darknet check skipped: {missing}")
+        return diffs
+    x = np.random.default_rng(0).random((model.in_channels, img_size, img_size), dtype=np.float32)
+    diffs["darknet"] = darknet_difference(model, run_darknet(cfg, weights, x), x)
+    print(f"Darknet (libdarknet) reads them: difference {diffs['darknet']:.2e} of the head magnitude "
+          f"(tolerance {TOLERANCE:.0e})")
+    if not within(diffs["darknet"], TOLERANCE):
+        raise SlimError(f"{cfg}: Darknet's outputs differ from PyTorch by {diffs['darknet']:.3g}; please report this")
+    return diffs
 
 
 def main(argv=None):
@@ -123,20 +136,29 @@ def main(argv=None):
     data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
     cfg, weights = starting_point(args, data)
 
-    stage("2/6 " + ("fine-tune the COCO weights" if weights else "train from scratch"))
-    base = run_training(os.path.join(args.out, "train"), cfg, data, args.epochs, weights=weights, extra=optim,
-                        **common)
+    # --sparse-epochs 0: the L1 penalty rides along the transfer fine-tune (cosine LR), so the
+    # model that is pruned is the one that was trained, with no separate stage to pay for
+    during = args.sparse_epochs == 0
+    sparsity = ["-sr", "--s", args.s, "--prune", spec["prune"], "--sr-schedule", "constant"]
+    stage("2/6 " + ("fine-tune the COCO weights" if weights else "train from scratch")
+          + (" with L1 sparsity on BN gamma" if during else ""))
+    base = run_training(os.path.join(args.out, "train"), cfg, data, args.epochs, weights=weights,
+                        extra=optim + (sparsity + ["--lrf", 0.05] if during else []), **common)
 
-    stage(f"3/6 sparsity training (L1 on BN gamma, --prune {spec['prune']})")
-    sparse = run_training(os.path.join(args.out, "sparse"), None, data, args.sparse_epochs, weights=base["last"],
-                          extra=optim + ["-sr", "--s", args.s, "--prune", spec["prune"], "--sr-schedule",
-                                         "constant", "--lrf", 1.0, "--warmup-epochs", 0], **common)
+    if during:
+        stage("3/6 sparsity training: done in stage 2 (--sparse-epochs 0)")
+        sparse, sparse_dir = base, os.path.join(args.out, "train")
+    else:
+        stage(f"3/6 sparsity training (L1 on BN gamma, --prune {spec['prune']})")
+        sparse_dir = os.path.join(args.out, "sparse")
+        sparse = run_training(sparse_dir, None, data, args.sparse_epochs, weights=base["last"],
+                              extra=optim + sparsity + ["--lrf", 1.0, "--warmup-epochs", 0], **common)
 
     stage(f"4/6 prune ({spec['method']}, percent {args.percent})")
     method = Method(spec["method"], spec["policy"], args.percent, layer_keep=args.layer_keep)
     model, compact, plans = prune_checkpoint(sparse["last"], method)
     pruned_cfg, pruned_weights = save_pruned(compact, os.path.join(args.out, "pruned"), method.name)
-    original_cfg, original_weights = os.path.join(args.out, "sparse", "model.cfg"), sparse["last_weights"]
+    original_cfg, original_weights = os.path.join(sparse_dir, "model.cfg"), sparse["last_weights"]
     with atomic_write(original_cfg, "w") as f:
         f.write(model.cfg_text())
 
@@ -150,19 +172,25 @@ def main(argv=None):
     final = load_model(pruned_cfg, tuned["last"], args.img_size).eval()
     final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned")
     diffs = deploy_checks(final, final_cfg, final_weights, args.img_size)
-    base_model = load_model(cfg, base["last"], args.img_size).eval()
-    rows = {
-        "base (fine-tuned)" if weights else "base (trained)": measure(base_model, data, args.img_size, runs=0),
-        "sparsity-trained": measure(model, data, args.img_size, original_cfg, original_weights, args.latency_runs),
+    base_name = "base (fine-tuned" if weights else "base (trained"
+    if during:
+        rows = {base_name + " with sparsity)": measure(model, data, args.img_size, original_cfg, original_weights,
+                                                       args.latency_runs)}
+    else:
+        base_model = load_model(cfg, base["last"], args.img_size).eval()
+        rows = {base_name + ")": measure(base_model, data, args.img_size, runs=0),
+                "sparsity-trained": measure(model, data, args.img_size, original_cfg, original_weights,
+                                            args.latency_runs)}
+    rows.update({
         "pruned": measure(compact, data, args.img_size, pruned_cfg, pruned_weights, args.latency_runs),
         "pruned + fine-tuned": measure(final, data, args.img_size, final_cfg, final_weights, args.latency_runs),
-    }
+    })
     print(write_report(args, rows, diffs, final_cfg, final_weights, time.time() - t_start))
 
 
 def target_rows(rows, minutes):
-    base, ref, final = (rows[k] for k in rows if k.startswith("base")), rows["sparsity-trained"], rows["pruned + fine-tuned"]
-    base = next(base)
+    base = next(r for k, r in rows.items() if k.startswith("base"))
+    ref, final = unpruned(rows), rows["pruned + fine-tuned"]
     cut, speed = 1 - final["params"] / ref["params"], ref["opencv_ms"] / final["opencv_ms"]
     drop = base["mAP50"] - final["mAP50"]
     checks = [("whole job", f"<= {TARGETS['minutes']} min", f"{minutes:.1f} min", minutes <= TARGETS["minutes"]),
@@ -173,8 +201,13 @@ def target_rows(rows, minutes):
     return [[name, want, got, "yes" if ok else "no"] for name, want, got, ok in checks]
 
 
+def unpruned(rows):
+    """The row of the model that was pruned: speed-ups and size cuts are measured against it."""
+    return rows.get("sparsity-trained") or next(r for k, r in rows.items() if k.startswith("base"))
+
+
 def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
-    ref = rows["sparsity-trained"]
+    ref = unpruned(rows)
     table = markdown_table(
         ["model", "mAP@0.5", "params", "GFLOPs", "torch ms", "OpenCV ms", "OpenCV speed-up"],
         [[name, f"{r['mAP50']:.4f}", f"{r['params']:,}", f"{r['GFLOPs']:.3f}", f"{r.get('torch_ms', float('nan')):.2f}",
@@ -190,7 +223,7 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
         f.write(text)
     with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"rows": rows, "deploy_checks": diffs, "seconds": seconds}, f, indent=2)
-    src = os.path.join(args.out, "sparse", "gamma_history.png")
+    src = os.path.join(args.out, "train" if args.sparse_epochs == 0 else "sparse", "gamma_history.png")
     if os.path.isfile(src):
         shutil.copy(src, os.path.join(args.out, "gamma_history.png"))
     return text

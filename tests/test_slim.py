@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+from utils.darknet_ref import darknet_missing
+from utils.parity import TOLERANCE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -30,3 +33,17 @@ def test_slim_runs_from_coco_tiny_and_reruns_only_what_changed(coco_tiny, tmp_pa
     assert "[cached] " + str(tmp_path / "run" / "train") in out
     assert "[rerun] " + str(tmp_path / "run" / "sparse") in out and "--s 0.01 -> 0.02" in out
     assert "[rerun] " + str(tmp_path / "run" / "finetune") in out
+
+
+def test_slim_with_sparsity_during_the_fine_tune_prunes_the_trained_model(coco_tiny, tmp_path):
+    out = run_slim(tmp_path, "--sparse-epochs", "0", "--s", "0.003")
+    assert "sparsity training: done in stage 2" in out
+    assert not os.path.exists(tmp_path / "run" / "sparse")          # no separate stage was trained
+    report = json.load(open(tmp_path / "run" / "report.json"))
+    rows = report["rows"]
+    if darknet_missing() is None:                                   # CI installs it: the pair runs in Darknet too
+        assert report["deploy_checks"]["darknet"] <= TOLERANCE and "Darknet (libdarknet) reads them" in out
+    assert list(rows) == ["base (fine-tuned with sparsity)", "pruned", "pruned + fine-tuned"]
+    assert rows["pruned"]["params"] < rows["base (fine-tuned with sparsity)"]["params"]
+    stage = json.load(open(tmp_path / "run" / "train" / "stage.json"))
+    assert "-sr" in stage["key"]["argv"] and "0.003" in stage["key"]["argv"]
