@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from utils.errors import CfgError, PruneError
 
-# pjreddie Darknet divides by sqrt(var) + 1e-6 and OpenCV by sqrt(var + 1e-6); both agree with
-# this to ~1e-6 on real weights. AlexeyAB uses sqrt(var + 1e-5): the difference shows only where a
-# channel's variance is tiny. Measured on COCO yolov3-tiny: eps 1e-5 is 1.5e-4 off OpenCV, 1e-6 is 3e-6.
+# OpenCV divides by sqrt(var + 1e-6), as we do; pjreddie Darknet by sqrt(var) + 1e-6 and AlexeyAB by
+# sqrt(var + 1e-5): the differences show only where a channel's variance is tiny. Measured on COCO
+# yolov3-tiny: 3e-6 from OpenCV (eps 1e-5 would be 1.5e-4), 5e-5 from pjreddie Darknet, whose own
+# formula utils/darknet_ref.with_darknet_bn reproduces for the Darknet checks.
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.03     # PyTorch convention (1 - Darknet's .97 rolling average)
 
