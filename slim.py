@@ -1,6 +1,6 @@
 """The main job, one command: real weights -> fine-tune -> sparsity -> prune -> distilled fine-tune -> deploy.
 
-    python slim.py                      # everything into runs/slim/, about 15 minutes on 2 CPU cores
+    python slim.py                      # everything into runs/slim/, about 9 minutes on 2 idle CPU cores
     python slim.py --model narrow       # from scratch: the narrow residual yolov3, shortcut pruning
 
 Default (``--model tiny``): fetches the real COCO yolov3-tiny once (cached under weights/),
