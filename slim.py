@@ -23,7 +23,7 @@ import time
 from utils import cli_checks as checks
 from utils.errors import SlimError, cli_main
 from utils.io import atomic_write
-from utils.pipeline import (Method, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
+from utils.pipeline import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
 
 # Targets of the main job (issue 9), checked and printed in the report.
@@ -85,15 +85,11 @@ def starting_point(args, data):
     if args.model == "narrow":
         return args.cfg or "cfg/yolov3-narrow.cfg", None
     from scripts.fetch_tiny import fetch_tiny
-    from utils.anchors import kmeans_anchors, label_sizes
-    from utils.parse_config import parse_data_cfg, write_model_cfg
-    from utils.transfer import cfg_for_data
+    from utils.parse_config import parse_data_cfg
     coco = fetch_tiny()
     options = parse_data_cfg(data)
-    n_anchors = sum(len(m["mask"]) for m in cfg_for_data(coco["cfg"], 1)[1:] if m["type"] == "yolo")
-    anchors = kmeans_anchors(label_sizes(options["train"], args.img_size), n_anchors)
-    cfg = os.path.join(args.out, f"yolov3-tiny-{options['classes']}cls.cfg")
-    write_model_cfg(cfg_for_data(coco["cfg"], options["classes"], anchors, args.img_size), cfg)
+    cfg, anchors = derive_cfg(coco["cfg"], data, args.img_size,
+                              os.path.join(args.out, f"yolov3-tiny-{options['classes']}cls.cfg"))
     print(f"{cfg}: COCO yolov3-tiny with classes={options['classes']}, anchors "
           f"{', '.join(f'{w:.0f}x{h:.0f}' for w, h in anchors)} (k-means on the training boxes)")
     return cfg, coco["weights"]

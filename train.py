@@ -46,6 +46,7 @@ from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
+from utils.torch_utils import flush_denormals
 from utils.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
@@ -455,6 +456,7 @@ class Trainer:
         self.opt, self.on_batch_end = opt, on_batch_end
         self.ddp, self.tb = Dist(), None
         self.threads_before = torch.get_num_threads()   # restored by close(): in-process callers keep theirs
+        self.flush_before = flush_denormals(True)       # sparsity training makes denormals: slow on CPU
         try:
             self._setup(opt)
         except BaseException:
@@ -726,6 +728,7 @@ class Trainer:
             self.tb.close()
         self.ddp.close()
         torch.set_num_threads(self.threads_before)
+        flush_denormals(self.flush_before)
 
 
 def train(opt, on_batch_end=None):

@@ -10,7 +10,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -18,19 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from utils.opencv_dnn import read_net  # noqa: E402
-
-
-def interleaved_ms(nets, img_size, runs, warmup):
-    blob = np.random.default_rng(0).random((1, 3, img_size, img_size), dtype=np.float32)
-    times = [[] for _ in nets]
-    for r in range(warmup + runs):
-        for k, net in enumerate(nets):
-            net.setInput(blob)
-            t0 = time.perf_counter()
-            net.forward(net.getUnconnectedOutLayersNames())
-            if r >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1000)
-    return times
+from utils.torch_utils import interleaved_ms, opencv_forward  # noqa: E402
 
 
 def main():
@@ -44,7 +31,8 @@ def main():
     args = p.parse_args()
     import cv2
     cv2.setNumThreads(args.threads)
-    a, b = interleaved_ms([read_net(*args.a), read_net(*args.b)], args.img_size, args.runs, args.warmup)
+    nets = [read_net(*args.a), read_net(*args.b)]
+    a, b = interleaved_ms([opencv_forward(net, args.img_size) for net in nets], args.warmup, args.runs)
     for name, t in (("a", a), ("b", b)):
         print(f"{name}: median {statistics.median(t):.2f} ms, p25 {np.percentile(t, 25):.2f} ms")
     print(f"speed-up b over a: median x{statistics.median(a) / statistics.median(b):.2f}, "

@@ -306,3 +306,15 @@ def test_ema_averages_and_resume_keeps_it(shapes, tmp_path):
     run = train.train(train_args(shapes, tmp_path / "ema", "--ema", "0.99", "--val-max-images", "4", epochs=1))
     ckpt = load_checkpoint(run["last"])
     assert ckpt["ema_updates"] > 0 and max_state_diff(ckpt["model"], ckpt["train_model"]) > 0
+
+
+def test_training_flushes_denormals_and_restores_the_setting(shapes, tmp_path):
+    """Collapsed gammas drive values into the denormal range, which is many times slower on a CPU."""
+    def denormals_flushed():
+        return (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    seen = []
+    assert not denormals_flushed()
+    train.train(train_args(shapes, tmp_path / "run", epochs=1),
+                on_batch_end=lambda epoch, batch: seen.append(denormals_flushed()))
+    assert seen and all(seen)
+    assert not denormals_flushed()          # an in-process caller keeps its own setting

@@ -40,6 +40,20 @@ def ensure_data(folder, n_train, n_val, img_size, seed=0):
     return os.path.join(folder, "shapes.data")
 
 
+def derive_cfg(src_cfg, data, img_size, path):
+    """Write ``src_cfg`` adapted to a data set: its class count, and anchors from k-means on its
+    training boxes (as many as the cfg has). Returns (path, anchors)."""
+    from utils.anchors import kmeans_anchors, label_sizes
+    from utils.parse_config import write_model_cfg
+    from utils.transfer import cfg_for_data
+    options = parse_data_cfg(data)
+    n_anchors = sum(len(m["mask"]) for m in cfg_for_data(src_cfg, 1)[1:] if m["type"] == "yolo")
+    anchors = kmeans_anchors(label_sizes(options["train"], img_size), n_anchors)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_model_cfg(cfg_for_data(src_cfg, options["classes"], anchors, img_size), path)
+    return path, anchors
+
+
 def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, extra=(), quiet=False):
     """train.py in-process, cached by a key of its arguments and the content of its input files.
 

@@ -1,0 +1,213 @@
+"""The benchmark's models and the per-method measurements: train once, then prune, time, fine-tune.
+
+A model is a ``ModelSpec``: its topology, where its weights start, the sparsity-training
+recipe, the methods that apply to it at their fixed ratios, and the targets its rows are
+judged against. ``bench_model`` returns one dict per model that the report reads.
+"""
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from utils.pipeline import Method, derive_cfg, measure, prune_checkpoint, run_training, save_pruned
+
+IMG_SIZE = 160
+BATCH_SIZE = 8
+FINETUNE_EPOCHS = 4
+
+
+@dataclass
+class Targets:
+    """What a row must reach (issue 13), after fine-tuning, against the unpruned model."""
+    label: str
+    params_cut: float          # fraction of parameters removed, at least
+    speedup: float             # OpenCV DNN speed-up, at least
+    max_drop: float            # mAP@0.5 below the unpruned model, at most
+
+
+RESIDUAL = Targets("residual yolov3", params_cut=0.90, speedup=3.0, max_drop=0.01)
+TINY = Targets("tiny", params_cut=0.50, speedup=1.5, max_drop=0.01)
+SPEED_PER_FLOP = 0.8           # every method: speed-up at least this share of the FLOP cut
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    title: str
+    cfg: str                   # topology ("coco-tiny": the real COCO cfg); classes and anchors re-derived
+    start: str                 # "coco-tiny" (real COCO yolov3-tiny weights) or "scratch"
+    epochs: int
+    s: float                   # L1 strength on BN gamma, constant, during the whole training
+    prune: int                 # which BNs carry it (train.py --prune)
+    methods: list
+    sweep_policy: str
+    sweep: tuple
+    targets: Targets
+    notes: list = field(default_factory=list)
+
+
+MODELS = {
+    "tiny": ModelSpec(
+        "tiny", "yolov3-tiny, fine-tuned from the real COCO weights", "coco-tiny", "coco-tiny",
+        epochs=26, s=0.002, prune=2,
+        methods=[Method("tiny (= normal)", "tiny", 0.35, layer_keep=0.05),
+                 Method("regular 2^n", "regular-pow2", 0.35, layer_keep=0.05),
+                 Method("regular x8", "regular-x8", 0.35, layer_keep=0.05),
+                 Method("filter L1", "l1", 0.35)],
+        sweep_policy="tiny", sweep=(0.2, 0.3, 0.35, 0.4, 0.5, 0.6), targets=TINY,
+        notes=["tiny and normal are one policy on a model without shortcuts: one row"]),
+    "narrow": ModelSpec(
+        "narrow", "narrow residual yolov3, from scratch", "cfg/yolov3-narrow.cfg", "scratch",
+        epochs=60, s=0.002, prune=1,
+        methods=[Method("normal", "normal", 0.6, layer_keep=0.05),
+                 Method("regular 2^n", "regular-pow2", 0.6, layer_keep=0.05),
+                 Method("regular x8", "regular-x8", 0.6, layer_keep=0.05),
+                 Method("shortcut", "shortcut", 0.8, layer_keep=0.05),
+                 Method("layer+channel", "shortcut", 0.8, n_blocks=4, layer_keep=0.05),
+                 Method("filter L1", "l1", 0.6)],
+        sweep_policy="shortcut", sweep=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9), targets=RESIDUAL),
+    "yolov4-tiny": ModelSpec(
+        "yolov4-tiny", "yolov4-tiny, from scratch", "cfg/yolov4-tiny.cfg", "scratch",
+        epochs=40, s=0.002, prune=1,
+        methods=[Method("normal", "normal", 0.5, layer_keep=0.05),
+                 Method("regular 2^n", "regular-pow2", 0.5, layer_keep=0.05),
+                 Method("regular x8", "regular-x8", 0.5, layer_keep=0.05),
+                 Method("filter L1", "l1", 0.5)],
+        sweep_policy="normal", sweep=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), targets=TINY,
+        notes=["no layer of yolov3-tiny's COCO weights has yolov4-tiny's shape: trained from scratch",
+               "judged by the tiny targets (the issue sets none for yolov4-tiny)"]),
+}
+
+
+def quick_settings():
+    """The smoke run: every code path, minutes instead of an hour; its numbers mean nothing."""
+    return {"n_train": 64, "n_val": 32, "epochs": 1, "finetune_epochs": 1, "latency_runs": 3,
+            "sweep_points": 2, "input_sizes": (128, 160), "surgery_runs": 1}
+
+
+@dataclass
+class Trained:
+    """The unpruned, sparsity-trained model every method of one spec starts from."""
+    model: object
+    checkpoint: str            # .pt of ours (the teacher for distillation, the start of every prune)
+    cfg: str                   # .cfg + .weights of the same model, for OpenCV and the report
+    weights: str
+    train_minutes: float
+    start_gammas: object       # |gamma| before training, for the before/after figure
+
+
+def stage_extra(args, more=()):
+    extra = ["--lr0", 0.003, "--eval-interval", 1000, *more]
+    return extra + (["--threads", args.threads] if args.threads else [])
+
+
+def starting_weights(spec):
+    """(source cfg, initial weights) of a spec."""
+    if spec.start == "coco-tiny":
+        from scripts.fetch_tiny import fetch_tiny
+        coco = fetch_tiny()
+        return coco["cfg"], coco["weights"]
+    return spec.cfg, None
+
+
+def train_model(args, spec, data):
+    from models import load_model
+    from utils.prune_graph import sparsity_layers
+    from utils.sparsity import gamma_values
+    work = os.path.join(args.work, spec.name)
+    src_cfg, weights = starting_weights(spec)
+    cfg, _ = derive_cfg(src_cfg, data, IMG_SIZE, os.path.join(work, f"{spec.name}-data.cfg"))
+    start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
+    start_gammas = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
+    sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", 0.05]
+    t0 = time.time()
+    result = run_training(os.path.join(work, "train"), cfg, data, args.settings.get("epochs", spec.epochs),
+                          IMG_SIZE, BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True)
+    minutes = (time.time() - t0) / 60
+    model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
+    model_cfg = os.path.join(work, "train", "model.cfg")
+    from utils.io import atomic_write
+    with atomic_write(model_cfg, "w") as f:
+        f.write(model.cfg_text())
+    return Trained(model, result["last"], model_cfg, result["last_weights"], minutes, start_gammas)
+
+
+def time_pair(original, compact, pair_original, pair_compact, runs):
+    """OpenCV DNN and PyTorch batch-1 latency of a pruned model and its original, interleaved."""
+    from utils.opencv_dnn import read_net
+    from utils.torch_utils import interleaved_ms, opencv_forward, torch_forward
+    nets = [read_net(*pair_original), read_net(*pair_compact)]
+    cv = interleaved_ms([opencv_forward(n, IMG_SIZE, original.in_channels) for n in nets], 5, runs)
+    pt = interleaved_ms([torch_forward(m, IMG_SIZE) for m in (original, compact)], 5, runs)
+    med = [statistics.median(t) for t in cv + pt]
+    return {"opencv_ms_original": med[0], "opencv_ms": med[1], "torch_ms_original": med[2], "torch_ms": med[3]}
+
+
+def finetune(args, folder, cfg, weights, data, teacher=None):
+    from models import load_model
+    extra = ["--t_cfg", teacher.cfg, "--t_weights", teacher.checkpoint] if teacher else []
+    result = run_training(folder, cfg, data, args.settings.get("finetune_epochs", FINETUNE_EPOCHS), IMG_SIZE,
+                          BATCH_SIZE, weights=weights, extra=stage_extra(args, extra), quiet=True)
+    return load_model(cfg, result["last"], IMG_SIZE)
+
+
+def val_images(data):
+    return os.path.join(os.path.dirname(data), "images", "val")
+
+
+def bench_method(args, spec, trained, method, data):
+    """One row: prune, measure, fine-tune with and without distillation, measure again."""
+    from utils.agreement import agreement
+    from utils.errors import PruneError
+    slug = slug_of(method.name)
+    work = os.path.join(args.work, spec.name)
+    row = {"method": method.name, "policy": method.policy, "percent": method.percent, "blocks": method.n_blocks}
+    try:
+        _, compact, plans = prune_checkpoint(trained.checkpoint, method)
+    except PruneError as e:      # e.g. a quick run's barely trained model: say so in the row
+        return {**row, "error": str(e)}
+    pair = save_pruned(compact, os.path.join(work, "pruned", slug), slug)
+    row.update(measure(compact, data, IMG_SIZE, runs=0))
+    row.update(time_pair(trained.model, compact, (trained.cfg, trained.weights), pair, args.latency_runs))
+    row["agreement"] = agreement(trained.model, compact, val_images(data), IMG_SIZE).score
+    kd = finetune(args, os.path.join(work, "ft-kd", slug), pair[0], pair[1], data, trained)
+    plain = finetune(args, os.path.join(work, "ft-plain", slug), pair[0], pair[1], data)
+    row["mAP50_kd"] = measure(kd, data, IMG_SIZE, runs=0)["mAP50"]
+    row["mAP50_plain"] = measure(plain, data, IMG_SIZE, runs=0)["mAP50"]
+    row["agreement_kd"] = agreement(trained.model, kd, val_images(data), IMG_SIZE).score
+    row["finetune_epochs"] = args.settings.get("finetune_epochs", FINETUNE_EPOCHS)
+    row["pair"] = list(pair)
+    row["kd_checkpoint"] = os.path.join(work, "ft-kd", slug, "last.pt")
+    return row
+
+
+def bench_model(args, spec, data):
+    """Train (cached), then every method of the spec; returns what the report needs."""
+    from utils.prune_graph import sparsity_layers
+    from utils.sparsity import gamma_stats, gamma_values
+    print(f"\n=== {spec.title} ===", flush=True)
+    trained = train_model(args, spec, data)
+    layers = sparsity_layers(trained.model.module_defs, spec.prune)
+    original = {"method": "unpruned (sparsity-trained)", **measure(trained.model, data, IMG_SIZE, runs=0)}
+    rows = []
+    for method in spec.methods:
+        t0 = time.time()
+        rows.append(bench_method(args, spec, trained, method, data))
+        print(f"[{spec.name}] {method.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items()
+                                                           if isinstance(v, float)) + f" ({time.time() - t0:.0f} s)",
+              flush=True)
+    timed = [r for r in rows if "opencv_ms_original" in r]
+    if timed:   # the original's latency: the median over its interleaved pairs
+        for key in ("opencv_ms", "torch_ms"):
+            original[key] = statistics.median(r[key + "_original"] for r in timed)
+    return {"spec": spec.name, "title": spec.title, "start": spec.start, "epochs": args.settings.get("epochs", spec.epochs),
+            "s": spec.s, "train_minutes": trained.train_minutes, "original": original, "rows": rows,
+            "gamma_stats": gamma_stats(trained.model, layers), "gammas_after": gamma_values(trained.model, layers).tolist(),
+            "gammas_before": trained.start_gammas.tolist(), "checkpoint": trained.checkpoint,
+            "pair": [trained.cfg, trained.weights], "targets": vars(spec.targets), "notes": spec.notes}
+
+
+def slug_of(method_name):
+    """Folder/file name of a method: 'regular 2^n' -> 'regular_2n'."""
+    keep = "".join(c if c.isalnum() else "_" for c in method_name.replace("^", ""))
+    return "_".join(part for part in keep.split("_") if part)

@@ -1,0 +1,71 @@
+"""benchmarks/run_benchmarks.py as a user runs it: the --quick smoke run on yolov3-tiny, every section."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SCRIPT = os.path.join("benchmarks", "run_benchmarks.py")
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.exists(path) else None
+
+
+def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path):
+    checked_in = digest(os.path.join(ROOT, "BENCHMARKS.md"))
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--models", "tiny", "--work", str(tmp_path / "work"),
+                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "work" / "BENCHMARKS.md"                     # --quick never writes the repo's report
+    assert digest(os.path.join(ROOT, "BENCHMARKS.md")) == checked_in
+    report = out.read_text()
+    results = json.load(open(tmp_path / "work" / "results" / "results.json"))
+    rows = results["models"]["tiny"]["rows"]
+    assert [r["method"] for r in rows] == ["tiny (= normal)", "regular 2^n", "regular x8", "filter L1"]
+    original = results["models"]["tiny"]["original"]
+    for r in rows:
+        assert r["params"] < original["params"] and r["opencv_ms"] > 0 and r["opencv_ms_original"] > 0
+        assert 0 <= r["mAP50_kd"] <= 1 and 0 <= r["mAP50_plain"] <= 1
+        # four targets per row, each with its measured value and a verdict
+        lines = [line for line in report.splitlines() if line.startswith(f"- yolov3-tiny, fine-tuned from the real "
+                                                                           f"COCO weights, {r['method']}:")]
+        assert len(lines) == 4, lines
+        assert all(line.count("**") == 2 and ("met**" in line) for line in lines)
+        assert all("tried" in line for line in lines if "not met" in line)
+    x8 = next(r for r in rows if r["method"] == "regular x8")
+    assert all(c["filters"] % 8 == 0 for c in read_convs(x8["pair"][0]) if not c["head"])
+    for section in ("## Targets", "## Ratio sweep", "## Iterative against one-shot", "## Input size",
+                    "## Prune surgery time", "## Beside the earlier toolkits' published figures", "smoke run"):
+        assert section in report
+    for figure in ("ratio_sweep.png", "gamma_before_after.png"):
+        path = tmp_path / "work" / "results" / figure
+        assert path.stat().st_size > 1000 and f"results/{figure}" in report
+    it, = results["iterative"]
+    assert it["history"][-1]["params"] == pytest.approx(it["one_shot"]["params"], rel=0.05)
+
+
+def read_convs(cfg):
+    from utils.parse_config import parse_model_cfg
+    defs = parse_model_cfg(cfg)[1:]
+    return [{"filters": int(d["filters"]), "head": i + 1 < len(defs) and defs[i + 1]["type"] == "yolo"}
+            for i, d in enumerate(defs) if d["type"] == "convolutional"]
+
+
+@pytest.mark.parametrize("args, named", [(["--models", "yolov9"], "--models"),
+                                         (["--latency-runs", "0"], "--latency-runs"),
+                                         (["--out", "{file}/B.md"], "--out"),
+                                         (["--figures", "{file}"], "--figures")])
+def test_bad_arguments_are_one_line_errors(args, named, tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    proc = subprocess.run([sys.executable, SCRIPT, "--work", str(tmp_path / "work"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"{os.path.basename(SCRIPT)}: error:")
+              or line.startswith("error:") or "error:" in line]
+    assert len(errors) == 1 and named in errors[0], proc.stderr
