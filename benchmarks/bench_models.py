@@ -39,6 +39,7 @@ class ModelSpec:
     epochs: int
     s: float                   # L1 strength on BN gamma, constant, during the whole training
     prune: int                 # which BNs carry it (train.py --prune)
+    lrf: float                 # final LR / lr0 (cosine); 1.0 = constant
     methods: list
     sweep_policy: str
     sweep: tuple
@@ -49,7 +50,7 @@ class ModelSpec:
 MODELS = {
     "tiny": ModelSpec(
         "tiny", "yolov3-tiny, fine-tuned from the real COCO weights", "coco-tiny", "coco-tiny",
-        epochs=26, s=0.002, prune=2,
+        epochs=26, s=0.002, prune=2, lrf=0.05,
         methods=[Method("tiny (= normal)", "tiny", 0.35, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.35, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.35, layer_keep=0.05),
@@ -58,7 +59,7 @@ MODELS = {
         notes=["tiny and normal are one policy on a model without shortcuts: one row"]),
     "narrow": ModelSpec(
         "narrow", "narrow residual yolov3, from scratch", "cfg/yolov3-narrow.cfg", "scratch",
-        epochs=60, s=0.002, prune=1,
+        epochs=60, s=0.002, prune=1, lrf=1.0,
         methods=[Method("normal", "normal", 0.6, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.6, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.6, layer_keep=0.05),
@@ -68,7 +69,7 @@ MODELS = {
         sweep_policy="shortcut", sweep=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9), targets=RESIDUAL),
     "yolov4-tiny": ModelSpec(
         "yolov4-tiny", "yolov4-tiny, from scratch", "cfg/yolov4-tiny.cfg", "scratch",
-        epochs=40, s=0.002, prune=1,
+        epochs=40, s=0.002, prune=1, lrf=1.0,
         methods=[Method("normal", "normal", 0.5, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.5, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.5, layer_keep=0.05),
@@ -119,7 +120,7 @@ def train_model(args, spec, data):
     cfg, _ = derive_cfg(src_cfg, data, IMG_SIZE, os.path.join(work, f"{spec.name}-data.cfg"))
     start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
     start_gammas = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
-    sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", 0.05]
+    sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", spec.lrf]
     t0 = time.time()
     result = run_training(os.path.join(work, "train"), cfg, data, args.settings.get("epochs", spec.epochs),
                           IMG_SIZE, BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True)
@@ -201,7 +202,7 @@ def bench_model(args, spec, data):
         for key in ("opencv_ms", "torch_ms"):
             original[key] = statistics.median(r[key + "_original"] for r in timed)
     return {"spec": spec.name, "title": spec.title, "start": spec.start, "epochs": args.settings.get("epochs", spec.epochs),
-            "s": spec.s, "train_minutes": trained.train_minutes, "original": original, "rows": rows,
+            "s": spec.s, "lrf": spec.lrf, "train_minutes": trained.train_minutes, "original": original, "rows": rows,
             "gamma_stats": gamma_stats(trained.model, layers), "gammas_after": gamma_values(trained.model, layers).tolist(),
             "gammas_before": trained.start_gammas.tolist(), "checkpoint": trained.checkpoint,
             "pair": [trained.cfg, trained.weights], "targets": vars(spec.targets), "notes": spec.notes}
