@@ -8,7 +8,6 @@ Evaluation is excluded, as in the figures REFERENCE.md gives for earlier toolkit
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -17,10 +16,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-
 from models import Darknet  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
+from utils.pipeline import machine_line  # noqa: E402
 from utils.prune_graph import analyze  # noqa: E402
 from utils.prune_utils import POLICIES, build_compact, plan_channels, write_pruned  # noqa: E402
 from utils.torch_utils import randomize_weights  # noqa: E402
@@ -49,8 +47,7 @@ def main():
         rows.append({"cfg": cfg, "policy": policy, "percent": 0.5, "median_s": statistics.median(times),
                      "min_s": min(times), "max_s": max(times), "runs": args.runs})
         print(f"{cfg:12s} {policy:9s} median {statistics.median(times):.3f} s over {args.runs} runs")
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+    result = {"machine": machine_line(),
               "command": "python benchmarks/surgery_time.py --runs %d" % args.runs, "rows": rows}
     with atomic_write(args.out, "w") as f:
         json.dump(result, f, indent=2)
