@@ -98,9 +98,13 @@ class Trained:
     start_gammas: object       # |gamma| before training, for the before/after figure
 
 
+TRAIN_THREADS = 1   # measured: 18 s per narrow epoch on 1 thread, 21 s on 2, and 2 threads kept slowing
+                    # down as gammas collapsed (denormals) where 1 thread with train.py's flush did not
+
+
 def stage_extra(args, more=()):
     extra = ["--lr0", 0.003, "--eval-interval", 1000, *more]
-    return extra + (["--threads", args.threads] if args.threads else [])
+    return extra + ["--threads", args.threads or TRAIN_THREADS]
 
 
 def starting_weights(spec):
@@ -122,16 +126,24 @@ def train_model(args, spec, data):
     start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
     start_gammas = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
     sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", spec.lrf]
-    t0 = time.time()
     result = run_training(os.path.join(work, "train"), cfg, data, args.settings.get("epochs", spec.epochs),
                           IMG_SIZE, BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True)
-    minutes = (time.time() - t0) / 60
+    minutes = stage_minutes(os.path.join(work, "train"))
     model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
     model_cfg = os.path.join(work, "train", "model.cfg")
     from utils.io import atomic_write
     with atomic_write(model_cfg, "w") as f:
         f.write(model.cfg_text())
     return Trained(model, result["last"], model_cfg, result["last_weights"], minutes, start_gammas)
+
+
+def stage_minutes(folder):
+    """Training time of a stage from its own per-epoch record, so a cached or resumed stage still
+    reports what it cost to train."""
+    import csv
+    with open(os.path.join(folder, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return sum(float(r["epoch_s"] or 0) + float(r["eval_s"] or 0) for r in rows) / 60
 
 
 def time_pair(original, compact, pair_original, pair_compact, runs):

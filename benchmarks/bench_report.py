@@ -131,7 +131,7 @@ def model_section(result):
     lr = "a constant LR" if result["lrf"] == 1 else f"a cosine LR to {result['lrf']} x lr0"
     return (f"### {result['title']}\n\nTrained from {start} for {result['epochs']} epochs (batch 8, Adam lr0 0.003, "
             f"{lr}) with L1 sparsity s={result['s']} on the prunable BN gammas throughout "
-            f"({result['train_minutes']:.1f} min in this run). "
+            f"({result['train_minutes']:.1f} min of training, summed over its epochs). "
             f"Prunable gammas below 1e-2 after training: **{g.get('frac_below_1e-2', 0):.1%}** of {g.get('n', 0)} "
             f"(median |gamma| {g.get('q50', 0):.3f}).{notes}"
             + (f" **Under-trained: mAP@0.5 {result['original']['mAP50']:.4f} is below {CONVERGED_MAP50}, so its "
@@ -214,12 +214,15 @@ def write_report(args, results):
     figures_rel = os.path.relpath(args.figures, os.path.dirname(os.path.abspath(args.out)) or ".")
     d = results["data"]
     quick = ("\n**This is a --quick smoke run: its models are barely trained and its numbers mean nothing.**\n"
-             if args.quick else "")
+             if results.get("quick", args.quick) else "")
+    runs = results.get("latency_runs", args.latency_runs)
     parts = [f"# Benchmarks (second edition)\n{quick}\nWritten by `{results['command']}` in "
-             f"{results['wall_min']:.0f} min, from nothing (every training stage included). Machine: {machine_line()}. "
+             f"{results['wall_min']:.0f} min (this invocation; training stages found in its cache are reused, not "
+             f"re-timed: each model's own training time is given below). Machine: "
+             f"{results.get('machine') or machine_line()}. "
              f"Data: the built-in synthetic shapes set, {d['n_train']} training and {d['n_val']} validation images at "
              f"{d['img_size']} px; mAP@0.5 on all validation images. Latency: batch 1 on the CPU, median of "
-             f"{args.latency_runs} runs after 5 warm-up runs; each pruned model is timed interleaved with its unpruned "
+             f"{runs} runs after 5 warm-up runs; each pruned model is timed interleaved with its unpruned "
              f"model (one forward each per round, same process), so speed-ups hold even when the machine's load "
              f"drifts. Agreement: mAP@0.5 of the pruned model against the unpruned model's own detections at conf "
              f"0.25 (`test.py --reference-cfg`), no labels needed. Fine-tuning: {finetune_epochs(results)} epochs, with "

@@ -28,7 +28,7 @@ from benchmarks.bench_studies import input_size_study, iterative_vs_oneshot, rat
 from utils import cli_checks as checks  # noqa: E402
 from utils.errors import cli_main  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import ensure_data  # noqa: E402
+from utils.pipeline import ensure_data, machine_line  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,7 +47,10 @@ def parse_args(argv=None):
                         "with --quick, <work>/results)")
     p.add_argument("--no-studies", action="store_true",
                    help="methods tables only: no sweep, iterative, input-size or surgery sections")
-    p.add_argument("--threads", type=checks.positive_int, help="torch threads (default: torch's)")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: write the report and figures again from <figures>/results.json")
+    p.add_argument("--threads", type=checks.positive_int,
+                   help="torch threads for training stages (default 1: faster here) and timing (default torch's)")
     p.add_argument("--latency-runs", type=checks.number(int, lo=1, hi=10000), help="timed runs per model (default 30; --quick 3)")
     args = p.parse_args(argv)
     args.work = args.work or ("runs/bench-quick" if args.quick else "runs/bench")
@@ -67,8 +70,23 @@ def save_results(args, results, t0):
     write_report(args, results)
 
 
+def rewrite_report(args):
+    from utils.errors import SlimError
+    path = os.path.join(args.figures, "results.json")
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SlimError(f"{path}: cannot read the results of a finished run ({e}); run without --report-only")
+    write_figures(results, args.figures)
+    write_report(args, results)
+    print(f"wrote {args.out} and {args.figures}/ from {path}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.report_only:
+        return rewrite_report(args)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -76,6 +94,7 @@ def main(argv=None):
     n_train, n_val = args.settings.get("n_train", 800), args.settings.get("n_val", 200)
     data = ensure_data(os.path.join(args.work, "data"), n_train, n_val, 160)
     results = {"command": " ".join(["python", "benchmarks/run_benchmarks.py", *sys.argv[1:]]),
+               "machine": machine_line(), "latency_runs": args.latency_runs, "quick": args.quick,
                "data": {"n_train": n_train, "n_val": n_val, "img_size": 160}, "models": {}}
     for name in args.models:
         results["models"][name] = bench_model(args, MODELS[name], data)

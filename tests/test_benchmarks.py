@@ -44,6 +44,10 @@ def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path
     for figure in ("ratio_sweep.png", "gamma_before_after.png"):
         path = tmp_path / "work" / "results" / figure
         assert path.stat().st_size > 1000 and f"results/{figure}" in report
+    again = subprocess.run([sys.executable, SCRIPT, "--quick", "--report-only", "--work", str(tmp_path / "work"),
+                            "--out", str(tmp_path / "again.md")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.md").read_text() == report          # the report is a function of results.json
     it, = results["iterative"]
     assert it["history"][-1]["params"] == pytest.approx(it["one_shot"]["params"], rel=0.05)
 
@@ -58,10 +62,11 @@ def read_convs(cfg):
 @pytest.mark.parametrize("args, named", [(["--models", "yolov9"], "--models"),
                                          (["--latency-runs", "0"], "--latency-runs"),
                                          (["--out", "{file}/B.md"], "--out"),
-                                         (["--figures", "{file}"], "--figures")])
+                                         (["--figures", "{file}"], "--figures"),
+                                         (["--report-only", "--figures", "{tmp}/empty"], "results.json")])
 def test_bad_arguments_are_one_line_errors(args, named, tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
-    args = [a.format(file=tmp_path / "file") for a in args]
+    args = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in args]
     proc = subprocess.run([sys.executable, SCRIPT, "--work", str(tmp_path / "work"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
