@@ -235,8 +235,9 @@ def write_report(args, results):
     if "sweep" in results:
         parts.append(sweep_section(results, figures_rel))
     if "iterative" in results:
-        parts.append("## Iterative against one-shot\n\nSame final channel count and the same number of fine-tune "
-                     "epochs; distillation from the unpruned model in both; the sparsity penalty stays on between "
+        parts.append("## Iterative against one-shot\n\nEach cycle removes the share of what is left that would reach the "
+                     "one-shot channel count (the global threshold over a retrained model lands elsewhere: compare the "
+                     "params); the same number of fine-tune epochs; distillation from the unpruned model in both; the sparsity penalty stays on between "
                      "cycles.\n\n" + "\n".join(iterative_section(it) for it in results["iterative"]))
     if "input_size" in results:
         parts.append(input_size_section(results["input_size"]))
