@@ -45,9 +45,9 @@ def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path
         path = tmp_path / "work" / "results" / figure
         assert path.stat().st_size > 1000 and f"results/{figure}" in report
     again = subprocess.run([sys.executable, SCRIPT, "--quick", "--report-only", "--work", str(tmp_path / "work"),
-                            "--out", str(tmp_path / "again.md")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            "--out", str(tmp_path / "work" / "again.md")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert (tmp_path / "again.md").read_text() == report          # the report is a function of results.json
+    assert (tmp_path / "work" / "again.md").read_text() == report          # the report is a function of results.json
     it, = results["iterative"]
     assert it["history"][-1]["params"] == pytest.approx(it["one_shot"]["params"], rel=0.05)
 
