@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from utils.pipeline import Method, derive_cfg, measure, prune_checkpoint, run_training, save_pruned
+from utils.pipeline import Method, derive_cfg, measure, prune_checkpoint, run_parallel, run_training, save_pruned
 
 IMG_SIZE = 160
 BATCH_SIZE = 8
@@ -70,7 +70,7 @@ MODELS = {
         notes=["layer+channel removes 2 whole residual blocks before pruning channels"]),
     "yolov4-tiny": ModelSpec(
         "yolov4-tiny", "yolov4-tiny, from scratch", "cfg/yolov4-tiny.cfg", "scratch",
-        epochs=40, s=0.002, prune=1, lrf=1.0,
+        epochs=60, s=0.002, prune=1, lrf=1.0,
         methods=[Method("normal", "normal", 0.7, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.7, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.7, layer_keep=0.05),
@@ -102,9 +102,13 @@ TRAIN_THREADS = 1   # measured: 18 s per narrow epoch on 1 thread, 21 s on 2, an
                     # down as gammas collapsed (denormals) where 1 thread with train.py's flush did not
 
 
+def worker_threads(args):
+    return args.threads or TRAIN_THREADS
+
+
 def stage_extra(args, more=()):
     extra = ["--lr0", 0.003, "--eval-interval", 1000, *more]
-    return extra + ["--threads", args.threads or TRAIN_THREADS]
+    return extra + ["--threads", worker_threads(args)]
 
 
 def starting_weights(spec):
@@ -116,25 +120,38 @@ def starting_weights(spec):
     return spec.cfg, None
 
 
-def train_model(args, spec, data):
+def train_models(args, specs, data):
+    """Every spec's sparsity training, ``args.jobs`` stages at a time; {name: Trained}."""
     from models import load_model
     from utils.prune_graph import sparsity_layers
     from utils.sparsity import gamma_values
-    work = os.path.join(args.work, spec.name)
-    src_cfg, weights = starting_weights(spec)
-    cfg, _ = derive_cfg(src_cfg, data, IMG_SIZE, os.path.join(work, f"{spec.name}-data.cfg"))
-    start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
-    start_gammas = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
-    sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", spec.lrf]
-    result = run_training(os.path.join(work, "train"), cfg, data, args.settings.get("epochs", spec.epochs),
-                          IMG_SIZE, BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True)
-    minutes = stage_minutes(os.path.join(work, "train"))
-    model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
-    model_cfg = os.path.join(work, "train", "model.cfg")
+    jobs, start_gammas = [], {}
+    for spec in specs:
+        work = os.path.join(args.work, spec.name)
+        src_cfg, weights = starting_weights(spec)
+        cfg, _ = derive_cfg(src_cfg, data, IMG_SIZE, os.path.join(work, f"{spec.name}-data.cfg"))
+        start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
+        start_gammas[spec.name] = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
+        sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", spec.lrf]
+        jobs.append(dict(out=os.path.join(work, "train"), cfg=cfg, data=data,
+                         epochs=args.settings.get("epochs", spec.epochs), img_size=IMG_SIZE,
+                         batch_size=BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True))
+    # longest first (by epochs), so the short stage fills the gap at the end rather than leaving one
+    order = sorted(range(len(specs)), key=lambda i: -jobs[i]["epochs"])
+    specs, jobs = [specs[i] for i in order], [jobs[i] for i in order]
+    print(f"training {', '.join(s.name for s in specs)} ({args.jobs} at a time)", flush=True)
+    results = run_parallel(run_training, jobs, args.jobs, name=lambda job: job["out"], threads=worker_threads(args))
+    return {spec.name: trained_model(spec, job["out"], result, start_gammas[spec.name])
+            for spec, job, result in zip(specs, jobs, results)}
+
+
+def trained_model(spec, folder, result, start_gammas):
     from utils.io import atomic_write
+    model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
+    model_cfg = os.path.join(folder, "model.cfg")
     with atomic_write(model_cfg, "w") as f:
         f.write(model.cfg_text())
-    return Trained(model, result["last"], model_cfg, result["last_weights"], minutes, start_gammas)
+    return Trained(model, result["last"], model_cfg, result["last_weights"], stage_minutes(folder), start_gammas)
 
 
 def stage_minutes(folder):
@@ -157,56 +174,40 @@ def time_pair(original, compact, pair_original, pair_compact, runs):
     return {"opencv_ms_original": med[0], "opencv_ms": med[1], "torch_ms_original": med[2], "torch_ms": med[3]}
 
 
-def finetune(args, folder, cfg, weights, data, teacher=None):
-    from models import load_model
-    extra = ["--t_cfg", teacher.cfg, "--t_weights", teacher.checkpoint] if teacher else []
-    result = run_training(folder, cfg, data, args.settings.get("finetune_epochs", FINETUNE_EPOCHS), IMG_SIZE,
-                          BATCH_SIZE, weights=weights, extra=stage_extra(args, extra), quiet=True)
-    return load_model(cfg, result["last"], IMG_SIZE)
-
-
 def val_images(data):
     return os.path.join(os.path.dirname(data), "images", "val")
 
 
-def bench_method(args, spec, trained, method, data):
-    """One row: prune, measure, fine-tune with and without distillation, measure again."""
+def prune_method(args, spec, trained, method, data):
+    """One row before fine-tuning: prune, write the pair, measure, time against the original."""
     from utils.agreement import agreement
     from utils.errors import PruneError
     slug = slug_of(method.name)
-    work = os.path.join(args.work, spec.name)
     row = {"method": method.name, "policy": method.policy, "percent": method.percent, "blocks": method.n_blocks}
     try:
         _, compact, plans = prune_checkpoint(trained.checkpoint, method)
     except PruneError as e:      # e.g. a quick run's barely trained model: say so in the row
         return {**row, "error": str(e)}
-    pair = save_pruned(compact, os.path.join(work, "pruned", slug), slug)
+    pair = save_pruned(compact, os.path.join(args.work, spec.name, "pruned", slug), slug)
     row.update(measure(compact, data, IMG_SIZE, runs=0))
     row.update(time_pair(trained.model, compact, (trained.cfg, trained.weights), pair, args.latency_runs))
     row["agreement"] = agreement(trained.model, compact, val_images(data), IMG_SIZE).score
-    kd = finetune(args, os.path.join(work, "ft-kd", slug), pair[0], pair[1], data, trained)
-    plain = finetune(args, os.path.join(work, "ft-plain", slug), pair[0], pair[1], data)
-    row["mAP50_kd"] = measure(kd, data, IMG_SIZE, runs=0)["mAP50"]
-    row["mAP50_plain"] = measure(plain, data, IMG_SIZE, runs=0)["mAP50"]
-    row["agreement_kd"] = agreement(trained.model, kd, val_images(data), IMG_SIZE).score
-    row["finetune_epochs"] = args.settings.get("finetune_epochs", FINETUNE_EPOCHS)
     row["pair"] = list(pair)
-    row["kd_checkpoint"] = os.path.join(work, "ft-kd", slug, "last.pt")
     return row
 
 
-def bench_model(args, spec, data):
-    """Train (cached), then every method of the spec; returns what the report needs."""
+def prune_model(args, spec, trained, data):
+    """Every method of a spec, pruned and timed (one at a time: latency wants an idle machine);
+    returns what the report needs, less the fine-tuned scores (``finetune_models``)."""
     from utils.prune_graph import sparsity_layers
     from utils.sparsity import gamma_stats, gamma_values
     print(f"\n=== {spec.title} ===", flush=True)
-    trained = train_model(args, spec, data)
     layers = sparsity_layers(trained.model.module_defs, spec.prune)
     original = {"method": "unpruned (sparsity-trained)", **measure(trained.model, data, IMG_SIZE, runs=0)}
     rows = []
     for method in spec.methods:
         t0 = time.time()
-        rows.append(bench_method(args, spec, trained, method, data))
+        rows.append(prune_method(args, spec, trained, method, data))
         print(f"[{spec.name}] {method.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items()
                                                            if isinstance(v, float)) + f" ({time.time() - t0:.0f} s)",
               flush=True)
@@ -219,6 +220,44 @@ def bench_model(args, spec, data):
             "gamma_stats": gamma_stats(trained.model, layers), "gammas_after": gamma_values(trained.model, layers).tolist(),
             "gammas_before": trained.start_gammas.tolist(), "checkpoint": trained.checkpoint,
             "pair": [trained.cfg, trained.weights], "targets": vars(spec.targets), "notes": spec.notes}
+
+
+def finetune_models(args, results, data):
+    """Every pruned row fine-tuned with and without distillation, ``args.jobs`` at a time; the
+    scores go into the rows."""
+    jobs, slots = [], []
+    for result in results:
+        teacher = (result["pair"][0], result["checkpoint"])
+        for row in result["rows"]:
+            if "error" in row:
+                continue
+            for recipe in ("kd", "plain"):
+                folder = os.path.join(args.work, result["spec"], f"ft-{recipe}", slug_of(row["method"]))
+                jobs.append(dict(args=args, folder=folder, pair=row["pair"], data=data,
+                                 teacher=teacher, distill=recipe == "kd"))
+                slots.append((row, recipe))
+    print(f"\nfine-tuning {len(jobs)} pruned models ({args.jobs} at a time)", flush=True)
+    scores = run_parallel(finetune_and_score, jobs, args.jobs, name=lambda job: job["folder"],
+                          threads=worker_threads(args))
+    for (row, recipe), score in zip(slots, scores):
+        row[f"mAP50_{recipe}"], row[f"agreement_{recipe}"] = score["mAP50"], score["agreement"]
+        row["finetune_epochs"] = args.settings.get("finetune_epochs", FINETUNE_EPOCHS)
+        if recipe == "kd":
+            row["kd_checkpoint"] = score["checkpoint"]
+
+
+def finetune_and_score(args, folder, pair, data, teacher, distill):
+    """Fine-tune a pruned pair (distilled from the unpruned ``teacher`` (cfg, checkpoint) or not),
+    then its mAP@0.5 and its agreement with the teacher. Runs in a worker process."""
+    from models import load_model, model_from_checkpoint
+    from utils.agreement import agreement
+    extra = ["--t_cfg", teacher[0], "--t_weights", teacher[1]] if distill else []
+    result = run_training(folder, pair[0], data, args.settings.get("finetune_epochs", FINETUNE_EPOCHS), IMG_SIZE,
+                          BATCH_SIZE, weights=pair[1], extra=stage_extra(args, extra), quiet=True)
+    tuned = load_model(pair[0], result["last"], IMG_SIZE)
+    reference = model_from_checkpoint(teacher[1]).eval()
+    return {"mAP50": measure(tuned, data, IMG_SIZE, runs=0)["mAP50"], "checkpoint": result["last"],
+            "agreement": agreement(reference, tuned, val_images(data), IMG_SIZE).score}
 
 
 def slug_of(method_name):

@@ -210,6 +210,13 @@ def finetune_epochs(results):
                 FINETUNE_EPOCHS)
 
 
+def stage_line(results):
+    if "jobs" not in results:
+        return ""
+    return (f"Training and fine-tuning stages ran {results['jobs']} at a time, each in its own process on "
+            f"{results['stage_threads']} thread(s); pruning, timing and the input-size study ran alone. ")
+
+
 def write_report(args, results):
     figures_rel = os.path.relpath(args.figures, os.path.dirname(os.path.abspath(args.out)) or ".")
     d = results["data"]
@@ -219,7 +226,7 @@ def write_report(args, results):
     parts = [f"# Benchmarks (second edition)\n{quick}\nWritten by `{results['command']}` in "
              f"{results['wall_min']:.0f} min (this invocation; training stages found in its cache are reused, not "
              f"re-timed: each model's own training time is given below). Machine: "
-             f"{results.get('machine') or machine_line()}. "
+             f"{results.get('machine') or machine_line()}. {stage_line(results)}"
              f"Data: the built-in synthetic shapes set, {d['n_train']} training and {d['n_val']} validation images at "
              f"{d['img_size']} px; mAP@0.5 on all validation images. Latency: batch 1 on the CPU, median of "
              f"{runs} runs after 5 warm-up runs; each pruned model is timed interleaved with its unpruned "

@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md and its figures: every pruning method on converged models.
 
-    python benchmarks/run_benchmarks.py            # the full run, from nothing (about an hour on 2 CPU cores)
+    python benchmarks/run_benchmarks.py            # the full run, from nothing (see BENCHMARKS.md for its wall time)
     python benchmarks/run_benchmarks.py --quick    # a smoke run in minutes; writes under runs/bench-quick/
 
 Three models, each trained on the built-in synthetic set with L1 sparsity on its BN gammas
@@ -12,6 +12,8 @@ after pruning, the label-free agreement score, and mAP@0.5 after fine-tuning wit
 distillation; each row judged against the targets. Then a ratio sweep, iterative against
 one-shot pruning, an input-size study, surgery time, and the earlier toolkits' published
 figures set beside ours. Training stages are cached under --work: an interrupted run resumes.
+Training and fine-tuning stages run --jobs at a time in worker processes; pruning, timing and
+the input-size study run alone, so the latency columns are taken on an otherwise idle machine.
 """
 import json
 import os
@@ -22,13 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
-from benchmarks.bench_models import MODELS, bench_model, quick_settings  # noqa: E402
+from benchmarks.bench_models import (MODELS, finetune_models, prune_model, quick_settings,  # noqa: E402
+                                     train_models, worker_threads)
 from benchmarks.bench_report import write_figures, write_report  # noqa: E402
 from benchmarks.bench_studies import input_size_study, iterative_vs_oneshot, ratio_sweep, surgery_times  # noqa: E402
 from utils import cli_checks as checks  # noqa: E402
 from utils.errors import cli_main  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import ensure_data, machine_line  # noqa: E402
+from utils.pipeline import ensure_data, machine_line, run_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,7 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true",
                    help="measure nothing: write the report and figures again from <figures>/results.json")
     p.add_argument("--threads", type=checks.positive_int,
-                   help="torch threads for training stages (default 1: faster here) and timing (default torch's)")
+                   help="torch threads for each training stage (default 1: faster here) and for timing (default torch's)")
+    p.add_argument("--jobs", type=checks.positive_int, default=os.cpu_count() or 1,
+                   help="training stages run at once, each in its own process (default: one per CPU core)")
     p.add_argument("--latency-runs", type=checks.number(int, lo=1, hi=10000), help="timed runs per model (default 30; --quick 3)")
     args = p.parse_args(argv)
     args.work = args.work or ("runs/bench-quick" if args.quick else "runs/bench")
@@ -94,18 +99,21 @@ def main(argv=None):
     n_train, n_val = args.settings.get("n_train", 800), args.settings.get("n_val", 200)
     data = ensure_data(os.path.join(args.work, "data"), n_train, n_val, 160)
     results = {"command": " ".join(["python", "benchmarks/run_benchmarks.py", *sys.argv[1:]]),
-               "machine": machine_line(), "latency_runs": args.latency_runs, "quick": args.quick,
+               "machine": machine_line(), "latency_runs": args.latency_runs, "jobs": args.jobs,
+               "stage_threads": worker_threads(args), "quick": args.quick,
                "data": {"n_train": n_train, "n_val": n_val, "img_size": 160}, "models": {}}
-    for name in args.models:
-        results["models"][name] = bench_model(args, MODELS[name], data)
-        save_results(args, results, t0)   # an interrupted run still leaves the tables it finished
+    specs = [MODELS[name] for name in args.models]
+    trained = train_models(args, specs, data)
+    for spec in specs:       # one at a time, nothing else running: the latency columns want an idle machine
+        results["models"][spec.name] = prune_model(args, spec, trained[spec.name], data)
+    finetune_models(args, list(results["models"].values()), data)
+    save_results(args, results, t0)   # an interrupted run still leaves the tables it finished
     if not args.no_studies:
-        results["sweep"] = {name: ratio_sweep(args, MODELS[name], results["models"][name], data)
-                            for name in args.models}
-        results["iterative"] = [iterative_vs_oneshot(args, MODELS[name], results["models"][name], data)
-                                for name in args.models]
-        main_model = MODELS[args.models[0]]
-        results["input_size"] = input_size_study(args, main_model, results["models"][main_model.name], data)
+        results["sweep"] = {spec.name: ratio_sweep(args, spec, results["models"][spec.name], data) for spec in specs}
+        results["iterative"] = run_parallel(iterative_vs_oneshot, [
+            dict(args=args, spec=spec, result=results["models"][spec.name], data=data) for spec in specs],
+            args.jobs, name=lambda job: f"iterative {job['spec'].name}", threads=worker_threads(args))
+        results["input_size"] = input_size_study(args, specs[0], results["models"][specs[0].name], data)
         results["surgery"] = surgery_times(args)
     save_results(args, results, t0)
     print(f"wrote {args.out} and {args.figures}/ in {results['wall_min']:.1f} min")

@@ -98,6 +98,33 @@ def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, ext
     return result
 
 
+def run_parallel(fn, jobs, workers=1, name=None, threads=1):
+    """``fn(**job)`` for every job, results in job order, up to ``workers`` at a time.
+
+    Each concurrent job runs in a fresh (spawned) process with ``threads`` torch threads: torch's
+    thread pool does not survive a fork, and training stages run on 1 thread each, so two cores
+    train two stages in the time of one. With one worker the jobs run here, in order. The first
+    job to fail cancels the ones not yet started and its error is raised here.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(**job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    results, t0 = [None] * len(jobs), time.time()
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        futures = {pool.submit(fn, **job): i for i, job in enumerate(jobs)}
+        for n, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            results[i] = future.result()
+            label = name(jobs[i]) if name else f"job {i + 1}"
+            print(f"[{n}/{len(jobs)}] {label} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
 def checkpoint_epoch(path):
     """Epochs a train.py checkpoint has completed; -1 when there is none to resume."""
     if not os.path.isfile(path):
