@@ -1,9 +1,10 @@
 """BENCHMARKS.md and its figures, from the results dict that run_benchmarks.py builds."""
 import os
 
-from benchmarks.bench_models import FINETUNE_EPOCHS, IMG_SIZE, SPEED_PER_FLOP
+from benchmarks.bench_models import FINETUNE_EPOCHS, IMG_SIZE, LR0, SPEED_PER_FLOP, finetune_lr0
 from utils.io import atomic_write
 from utils.pipeline import machine_line, markdown_table
+from utils.plots import pyplot, save_png
 
 # The earlier toolkits' published figures (REFERENCE.md): Oxford hand data set, 416 px. Their
 # timing hardware is not given there; 11.7 ms for full yolov3 at 416 is GPU territory.
@@ -129,9 +130,10 @@ def model_section(result):
     start = "the real COCO yolov3-tiny weights" if result["start"] == "coco-tiny" else "scratch"
     notes = "".join(f" {n[0].upper()}{n[1:]}." for n in result["notes"])
     lr = "a constant LR" if result["lrf"] == 1 else f"a cosine LR to {result['lrf']} x lr0"
-    return (f"### {result['title']}\n\nTrained from {start} for {result['epochs']} epochs (batch 8, Adam lr0 0.003, "
+    return (f"### {result['title']}\n\nTrained from {start} for {result['epochs']} epochs (batch 8, Adam lr0 {LR0}, "
             f"{lr}) with L1 sparsity s={result['s']} on the prunable BN gammas throughout "
-            f"({result['train_minutes']:.1f} min of training, summed over its epochs). "
+            f"({result['train_minutes']:.1f} min of training, summed over its epochs); its pruned models are "
+            f"fine-tuned from the LR its training ended at, {finetune_lr0(result['lrf']):g}. "
             f"Prunable gammas below 1e-2 after training: **{g.get('frac_below_1e-2', 0):.1%}** of {g.get('n', 0)} "
             f"(median |gamma| {g.get('q50', 0):.3f}).{notes}"
             + (f" **Under-trained: mAP@0.5 {result['original']['mAP50']:.4f} is below {CONVERGED_MAP50}, so its "
@@ -257,20 +259,8 @@ def write_report(args, results):
 
 
 # ----------------------------------------------------------------------------- figures
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-
-
 def plot_sweep(results, path):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for name, sweep in results["sweep"].items():
         o, pts = sweep["original"], [p for p in sweep["points"] if "mAP50" in p]
@@ -285,25 +275,20 @@ def plot_sweep(results, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_gammas(results, path):
     """Per model, |gamma| before and after sparsity training on a log axis, where a collapse shows
     as a pile at the left edge (values below 1e-4 are drawn in the first bin)."""
-    import numpy as np
-    plt = _pyplot()
+    plt = pyplot()
     models = list(results["models"].values())
     fig, axes = plt.subplots(len(models), 2, figsize=(8, 2.2 * len(models)), squeeze=False)
-    for (before_ax, after_ax), r in zip(axes, models):
-        top = max([1e-3] + [float(np.max(r[k])) for k in ("gammas_before", "gammas_after") if len(r[k])])
-        bins = np.logspace(-4, np.log10(top * 1.05), 60)
-        for ax, key, when in ((before_ax, "gammas_before", "before"), (after_ax, "gammas_after", "after")):
-            g = np.clip(np.asarray(r[key], dtype=float), 1e-4, None)
-            ax.hist(g, bins=bins, color="#3b6ea8" if when == "before" else "#c0504d")
-            share = float((g < 1e-2).mean()) if g.size else 0.0
-            origin = "with the COCO weights" if r["start"] == "coco-tiny" else "at initialisation"
+    for row_axes, r in zip(axes, models):
+        h = r["gamma_histograms"]
+        origin = "with the COCO weights" if r["start"] == "coco-tiny" else "at initialisation"
+        for ax, counts, share, when in zip(row_axes, h["counts"], h["below_1e-2"], ("before", "after")):
+            ax.stairs(counts, h["edges"], fill=True, color="#3b6ea8" if when == "before" else "#c0504d")
             ax.set_title(f"{r['spec']}: {origin if when == 'before' else 'after sparsity training'} "
                          f"({share:.0%} < 1e-2)", fontsize=9)
             ax.set_xscale("log")
@@ -312,8 +297,7 @@ def plot_gammas(results, path):
     for ax in axes[-1]:
         ax.set_xlabel("|gamma| of the prunable BNs (dotted: 1e-2)", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_figures(results, folder):

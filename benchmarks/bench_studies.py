@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.bench_models import BATCH_SIZE, FINETUNE_EPOCHS, IMG_SIZE, stage_extra
+from benchmarks.bench_models import BATCH_SIZE, FINETUNE_EPOCHS, IMG_SIZE, finetune_lr0, stage_extra
 from utils.pipeline import Method, measure, prune_checkpoint, run_training, save_pruned
 
 
@@ -55,7 +55,7 @@ def iterative_vs_oneshot(args, spec, result, data, cycles=2):
         cfg, w = save_pruned(compact, os.path.join(work, f"cycle{k + 1}"), f"cycle{k + 1}")
         sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant"] if k < cycles - 1 else []
         tuned = run_training(os.path.join(work, f"cycle{k + 1}-ft"), cfg, data, epochs, IMG_SIZE, BATCH_SIZE,
-                             weights=w, extra=stage_extra(args, teacher + sparsity), quiet=True)
+                             weights=w, extra=stage_extra(args, teacher + sparsity, finetune_lr0(spec.lrf)), quiet=True)
         history.append({"cycle": k + 1, "params": sum(p.numel() for p in compact.parameters()),
                         "mAP50_pruned": measure(compact, data, IMG_SIZE, runs=0)["mAP50"],
                         "mAP50_tuned": tuned.get("mAP50")})

@@ -61,6 +61,7 @@ def read_convs(cfg):
 
 @pytest.mark.parametrize("args, named", [(["--models", "yolov9"], "--models"),
                                          (["--latency-runs", "0"], "--latency-runs"),
+                                         (["--jobs", "0"], "--jobs"),
                                          (["--out", "{file}/B.md"], "--out"),
                                          (["--figures", "{file}"], "--figures"),
                                          (["--report-only", "--figures", "{tmp}/empty"], "results.json")])

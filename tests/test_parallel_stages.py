@@ -14,8 +14,10 @@ def where(tag, delay=0.0):
     return {"tag": tag, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
-def fail(tag):
-    raise ValueError(f"job {tag} failed")
+def fail_if(tag, bad):
+    if tag == bad:
+        raise ValueError(f"job {tag} failed")
+    return tag
 
 
 def test_jobs_run_in_worker_processes_and_return_in_job_order():
@@ -34,4 +36,4 @@ def test_one_worker_runs_the_jobs_here():
 
 def test_a_failing_job_raises_its_own_error_here():
     with pytest.raises(ValueError, match="job b failed"):
-        run_parallel(fail, [dict(tag="a"), dict(tag="b")], workers=2)
+        run_parallel(fail_if, [dict(tag=t, bad="b") for t in "abc"], workers=2)

@@ -19,7 +19,8 @@ from utils.distill import distillation_loss
 from utils.errors import SlimError
 from utils.loss import compute_loss, default_hyp, init_head_biases
 from utils.prune_graph import sparsity_layers
-from utils.sparsity import BNSparsity, gamma_stats, plot_gamma_histogram, plot_gamma_history, record_gamma_history
+from utils.sparsity import (BNSparsity, gamma_stats, log_histograms, plot_gamma_histogram, plot_gamma_history,
+                            record_gamma_history)
 from utils.synthetic import generate
 from utils.torch_utils import randomize_weights
 
@@ -172,6 +173,16 @@ def test_gamma_stats_and_plots(tmp_path):
     assert plot_gamma_histogram(model, layers, tmp_path / "h.png", "t") and (tmp_path / "h.png").stat().st_size > 0
     plot_gamma_history(history, tmp_path / "hist.png")
     assert (tmp_path / "hist.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_log_histograms_count_every_gamma_on_one_axis():
+    import numpy as np
+    before, after = np.array([0.5, 1.0, 1.2]), np.array([0.0, 1e-6, 5e-3, 0.02, 0.9])
+    h = log_histograms([before, after], bins=10)
+    assert len(h["edges"]) == 11 and h["edges"][-1] >= 1.2
+    assert [sum(c) for c in h["counts"]] == [3, 5]
+    assert h["counts"][1][0] == 2                      # 0 and 1e-6 are drawn in the first bin
+    assert h["below_1e-2"] == [0.0, 0.6]
 
 
 # ----------------------------------------------------------------------------- distillation

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from utils.loss import unwrap
+from utils.plots import pyplot, save_png
 from utils.prune_graph import sparsity_layers
 
 SCHEDULES = ("constant", "linear", "step")
@@ -105,6 +106,18 @@ def gamma_stats(model, layers):
             "q10": float(q[0]), "q25": float(q[1]), "q50": float(q[2]), "q75": float(q[3]), "q90": float(q[4])}
 
 
+def log_histograms(samples, bins=60, floor=1e-4):
+    """Histograms of several |gamma| samples on one log axis (values below ``floor`` in the first
+    bin, where a collapse shows as a pile), each with its share below 1e-2: what a before/after
+    figure needs, a few hundred numbers instead of every gamma."""
+    samples = [np.asarray(g, dtype=float) for g in samples]
+    top = max([1e-3] + [float(g.max()) for g in samples if g.size])
+    edges = np.logspace(np.log10(floor), np.log10(top * 1.05), bins + 1)
+    return {"edges": edges.tolist(),
+            "counts": [np.histogram(np.clip(g, floor, None), bins=edges)[0].tolist() for g in samples],
+            "below_1e-2": [float((g < SMALL_GAMMA).mean()) if g.size else 0.0 for g in samples]}
+
+
 def record_gamma_history(history, epoch, model, layers, bins=60):
     """Append this epoch's |gamma| histogram to ``history`` (a list kept in the checkpoint).
 
@@ -122,22 +135,9 @@ def record_gamma_history(history, epoch, model, layers, bins=60):
 
 
 # ----------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")          # files only; never needs a display
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    from utils.io import atomic_write
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-
-
 def plot_gamma_histogram(model, layers, path, title=None):
     """PNG histogram of |gamma| over the sparsified BNs, with the collapsed fraction in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     g = gamma_values(model, layers)
     stats = gamma_stats(model, layers)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -147,14 +147,13 @@ def plot_gamma_histogram(model, layers, path, title=None):
     extra = f"{stats.get('frac_below_1e-2', 0):.1%} < 1e-2, median {stats.get('q50', 0):.3f}" if g.size else "no layers"
     ax.set_title(f"{title} ({extra})" if title else extra, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
 def plot_gamma_history(history, path, title="BN |gamma| per epoch"):
     """Stacked ("ridgeline") histograms, one row per recorded epoch, oldest at the back."""
-    plt = _pyplot()
+    plt = pyplot()
     if not history:
         raise ValueError("empty gamma history; nothing to plot")
     edges = np.asarray(history[0]["edges"])
@@ -176,8 +175,7 @@ def plot_gamma_history(history, path, title="BN |gamma| per epoch"):
     ax.set_xlabel("|gamma|")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
