@@ -13,6 +13,7 @@ from utils.pipeline import Method, derive_cfg, measure, prune_checkpoint, run_pa
 
 IMG_SIZE = 160
 BATCH_SIZE = 8
+LR0 = 0.003                    # Adam; where every training stage starts (fine-tunes: see finetune_lr0)
 FINETUNE_EPOCHS = 4
 
 
@@ -106,9 +107,6 @@ def worker_threads(args):
     return args.threads or TRAIN_THREADS
 
 
-LR0 = 0.003                    # Adam, every training stage's starting LR
-
-
 def finetune_lr0(lrf):
     """Fine-tuning starts where the model's training ended (lr0 x lrf): a model that converged
     under a decaying LR is knocked off its optimum by a restart at lr0 (measured on tiny, 4 distilled
@@ -152,11 +150,11 @@ def train_models(args, specs, data):
     specs, jobs = [specs[i] for i in order], [jobs[i] for i in order]
     print(f"training {', '.join(s.name for s in specs)} ({args.jobs} at a time)", flush=True)
     results = run_parallel(run_training, jobs, args.jobs, name=lambda job: job["out"], threads=worker_threads(args))
-    return {spec.name: trained_model(spec, job["out"], result, start_gammas[spec.name])
+    return {spec.name: trained_model(job["out"], result, start_gammas[spec.name])
             for spec, job, result in zip(specs, jobs, results)}
 
 
-def trained_model(spec, folder, result, start_gammas):
+def trained_model(folder, result, start_gammas):
     from utils.io import atomic_write
     model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
     model_cfg = os.path.join(folder, "model.cfg")
@@ -196,7 +194,7 @@ def prune_method(args, spec, trained, method, data):
     slug = slug_of(method.name)
     row = {"method": method.name, "policy": method.policy, "percent": method.percent, "blocks": method.n_blocks}
     try:
-        _, compact, plans = prune_checkpoint(trained.checkpoint, method)
+        _, compact, _ = prune_checkpoint(trained.checkpoint, method)
     except PruneError as e:      # e.g. a quick run's barely trained model: say so in the row
         return {**row, "error": str(e)}
     pair = save_pruned(compact, os.path.join(args.work, spec.name, "pruned", slug), slug)

@@ -63,7 +63,8 @@ def what_was_tried(name, row, result, sweep):
                    f"({1 - reach['params'] / original['params']:.0%} fewer parameters)" if reach else ""))
     if name.startswith("mAP"):
         return (f"{row['finetune_epochs']} fine-tune epochs with distillation ({fmt(row.get('mAP50_kd'))}) and without "
-                f"({fmt(row.get('mAP50_plain'))}) from {fmt(row['mAP50'])} right after pruning")
+                f"({fmt(row.get('mAP50_plain'))}) from {fmt(row['mAP50'])} right after pruning, starting at lr0 "
+                f"{finetune_lr0(result['lrf']):g}")
     return (f"OpenCV {row['opencv_ms_original']:.2f} -> {row['opencv_ms']:.2f} ms for a FLOP cut of "
             f"x{original['GFLOPs'] / row['GFLOPs']:.2f}; likely the per-layer cost that removing channels "
             f"does not remove")
