@@ -250,8 +250,8 @@ def finetune_models(args, results, data):
                           threads=worker_threads(args))
     for (row, recipe), score in zip(slots, scores):
         row[f"mAP50_{recipe}"], row[f"agreement_{recipe}"] = score["mAP50"], score["agreement"]
-        row["finetune_epochs"] = args.settings.get("finetune_epochs", FINETUNE_EPOCHS)
         if recipe == "kd":
+            row["finetune_epochs"] = args.settings.get("finetune_epochs", FINETUNE_EPOCHS)
             row["kd_checkpoint"] = score["checkpoint"]
 
 

@@ -83,8 +83,12 @@ def rewrite_report(args):
             results = json.load(f)
     except (OSError, ValueError) as e:
         raise SlimError(f"{path}: cannot read the results of a finished run ({e}); run without --report-only")
-    write_figures(results, args.figures)
-    write_report(args, results)
+    try:
+        write_figures(results, args.figures)
+        write_report(args, results)
+    except (KeyError, TypeError) as e:   # another version's results, or not this script's
+        raise SlimError(f"{path}: no {e} in it (not written by this version of the benchmark); "
+                        f"run without --report-only to measure again")
     print(f"wrote {args.out} and {args.figures}/ from {path}")
 
 
@@ -107,7 +111,7 @@ def main(argv=None):
     for spec in specs:       # one at a time, nothing else running: the latency columns want an idle machine
         results["models"][spec.name] = prune_model(args, spec, trained[spec.name], data)
     finetune_models(args, list(results["models"].values()), data)
-    save_results(args, results, t0)   # an interrupted run still leaves the tables it finished
+    save_results(args, results, t0)   # the method tables, before the studies (an interrupted run resumes from its cache)
     if not args.no_studies:
         results["sweep"] = {spec.name: ratio_sweep(args, spec, results["models"][spec.name], data) for spec in specs}
         results["iterative"] = run_parallel(iterative_vs_oneshot, [

@@ -76,6 +76,18 @@ def test_bad_arguments_are_one_line_errors(args, named, tmp_path):
     assert len(errors) == 1 and named in errors[0], proc.stderr
 
 
+def test_report_only_refuses_results_from_another_version_in_one_line(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "results.json").write_text(json.dumps({"command": "x", "models": {"tiny": {"spec": "tiny"}}}))
+    out = tmp_path / "B.md"
+    proc = subprocess.run([sys.executable, SCRIPT, "--report-only", "--figures", str(figures), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("error:") == 1 and "results.json" in proc.stderr and "without --report-only" in proc.stderr
+    assert not out.exists()
+
+
 def test_each_target_is_judged_from_its_measured_value():
     from benchmarks.bench_report import judge
     original = {"params": 100, "GFLOPs": 2.0, "mAP50": 0.6}
