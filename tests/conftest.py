@@ -9,6 +9,11 @@ if ROOT not in sys.path:
 
 CFG_DIR = os.path.join(ROOT, "cfg")
 
+# How long a command a test runs may take before the test calls it hung. It guards against a
+# hang, not against slowness: on a loaded machine the quick benchmark alone has taken 15 min,
+# and a test must not fail for that (CI's own limit is 90 min).
+HANG_LIMIT = 2400
+
 
 def cfg_path(name):
     return os.path.join(CFG_DIR, f"{name}.cfg")

@@ -23,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 from utils.errors import SlimError  # noqa: E402
 from utils.io import atomic_write, refuse_overwrite  # noqa: E402
+from conftest import HANG_LIMIT
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
@@ -84,7 +85,7 @@ def wait_for(proc, word, count=1):
     return last, done
 
 
-def wait_until(condition, timeout=20.0):
+def wait_until(condition, timeout=HANG_LIMIT):
     end = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < end, "timed out"
@@ -93,7 +94,7 @@ def wait_until(condition, timeout=20.0):
 
 def kill(proc):
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=HANG_LIMIT)
     rest = proc.stdout.read().split()
     return [int(rest[i + 1]) for i in range(0, len(rest) - 1, 2) if rest[i] == "done"]
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -19,7 +20,7 @@ def digest(path):
 def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path):
     checked_in = digest(os.path.join(ROOT, "BENCHMARKS.md"))
     proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--models", "tiny", "--work", str(tmp_path / "work"),
-                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "work" / "BENCHMARKS.md"                     # --quick never writes the repo's report
     assert digest(os.path.join(ROOT, "BENCHMARKS.md")) == checked_in
@@ -45,7 +46,7 @@ def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path
         path = tmp_path / "work" / "results" / figure
         assert path.stat().st_size > 1000 and f"results/{figure}" in report
     again = subprocess.run([sys.executable, SCRIPT, "--quick", "--report-only", "--work", str(tmp_path / "work"),
-                            "--out", str(tmp_path / "work" / "again.md")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            "--out", str(tmp_path / "work" / "again.md")], cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "work" / "again.md").read_text() == report          # the report is a function of results.json
     it, = results["iterative"]
@@ -69,7 +70,7 @@ def test_bad_arguments_are_one_line_errors(args, named, tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     args = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in args]
     proc = subprocess.run([sys.executable, SCRIPT, "--work", str(tmp_path / "work"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith(f"{os.path.basename(SCRIPT)}: error:")
               or line.startswith("error:") or "error:" in line]
@@ -82,7 +83,7 @@ def test_report_only_refuses_results_from_another_version_in_one_line(tmp_path):
     (figures / "results.json").write_text(json.dumps({"command": "x", "models": {"tiny": {"spec": "tiny"}}}))
     out = tmp_path / "B.md"
     proc = subprocess.run([sys.executable, SCRIPT, "--report-only", "--figures", str(figures), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("error:") == 1 and "results.json" in proc.stderr and "without --report-only" in proc.stderr
     assert not out.exists()

@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import Darknet, save_checkpoint  # noqa: E402
+from conftest import HANG_LIMIT
 
 TINY_CFG = os.path.join(ROOT, "cfg", "yolov3-tiny-5cls.cfg")
 PRUNE = ["normal_prune.py", "regular_prune.py", "shortcut_prune.py", "prune_tiny.py", "layer_channel_prune.py"]
@@ -173,7 +174,7 @@ def command(ws, script, changes, out):
 def run_cli(script, argv, cwd, prefix=()):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([*prefix, sys.executable, os.path.join(ROOT, script), *argv], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=HANG_LIMIT, env=env)
 
 
 def sha256(path):
@@ -414,7 +415,7 @@ def test_two_prune_runs_started_at_once_get_separate_complete_folders(ws, tmp_pa
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "prune_tiny.py"), *argv], cwd=str(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
+    results = [p.communicate(timeout=HANG_LIMIT) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     folders = sorted(os.listdir(tmp_path))
     assert folders == ["same", "same-2"], folders

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import HANG_LIMIT, ROOT
 from models import load_model
 from utils.darknet_ref import darknet_difference, run_darknet, run_darknet_many
 from utils.datasets import letterbox, read_image, to_tensor
@@ -110,7 +110,7 @@ def test_border_benchmark_measures_interior_and_band(darknet, coco_tiny, tmp_pat
     out = tmp_path / "border"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "border_exactness.py"), "--sections", "tiny",
                            "--tiny-cfg", coco_tiny["cfg"], "--tiny-weights", coco_tiny["weights"], "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads((tmp_path / "border.json").read_text())["results"]
     for head in result["heads"]:

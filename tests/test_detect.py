@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import detect  # noqa: E402
+from conftest import HANG_LIMIT
 
 PERSON, TIE = 0, 27
 CONF, IOU = 0.25, 0.45
@@ -144,7 +145,7 @@ def folder_state(folder):
 
 def run_detect(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "detect.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
 
 
 def test_cli_writes_annotated_images_and_detections_never_into_the_source(coco_tiny, photo, tmp_path):

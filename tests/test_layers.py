@@ -15,6 +15,7 @@ from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
 from utils.prune_graph import analyze
 from utils.prune_utils import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
 from utils.torch_utils import count_flops, opencv_latency_ms, randomize_weights, torch_latency_ms
+from conftest import HANG_LIMIT
 
 SIZE = 64
 
@@ -287,7 +288,7 @@ def run_script(*args):
     import subprocess
     import sys
     root = __file__.rsplit("/tests/", 1)[0]
-    return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=HANG_LIMIT)
 
 
 def test_prune_and_export_scripts_on_a_one_channel_model_with_new_kinds(tmp_path):

@@ -10,6 +10,7 @@ from conftest import CFG_DIR, cfg_path
 from models import Darknet, load_model, model_from_checkpoint, save_checkpoint
 from utils.errors import CfgError, WeightsError
 from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from utils.parity import read_back_tolerance
 from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg, write_model_cfg
 from utils.torch_utils import count_params, randomize_weights
 
@@ -60,7 +61,9 @@ def test_random_weights_match_opencv(name, size, tmp_path):
     ours = torch_in_opencv_layout(model, x)
     theirs = opencv_forward(read_net(cfg_path(name), weights, exact=True), x)
     assert [o.shape for o in ours] == [t.shape for t in theirs]
-    assert max_layout_difference(ours, theirs) <= 1e-4
+    # the product's gate: 1e-4, or 10x the model's own float32 error (OpenCV on one core sums in
+    # another order; yolov3-spp then lands 1.08e-4 from us, with our float32 error at 2.9e-5)
+    assert max_layout_difference(ours, theirs) <= read_back_tolerance(model, x)
 
 
 def test_weights_round_trip_is_byte_identical(coco_tiny, tmp_path):

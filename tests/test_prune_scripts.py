@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, cfg_path
+from conftest import HANG_LIMIT, ROOT, cfg_path
 from models import Darknet, load_model
 from utils.darknet_ref import darknet_difference, run_darknet
 from utils.parity import TOLERANCE
@@ -39,7 +39,7 @@ RUNS = [(case, model) for case, _, _, models in CASES for model in models]
 
 def run_script(script, *flags, cwd):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags, "--latency-runs", "0"],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+                          capture_output=True, text=True, cwd=cwd, timeout=HANG_LIMIT)
 
 
 @pytest.fixture(scope="module")

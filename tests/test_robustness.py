@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 from models import Darknet, load_checkpoint, load_model, save_checkpoint  # noqa: E402
 from utils.errors import CfgError, DataError, SlimError, WeightsError  # noqa: E402
 from utils.parse_config import parse_model_cfg  # noqa: E402
+from conftest import HANG_LIMIT
 
 # A small but complete network: conv+BN, maxpool, a residual shortcut, a route, upsample, one head.
 SMALL_CFG = """[net]
@@ -317,7 +318,7 @@ def test_label_file_with_a_bad_line(tmp_path, line, words):
 # ----------------------------------------------------------------------------- command lines
 def run_cli(script, *args):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
 
 
 def assert_one_line_error(done, *patterns):

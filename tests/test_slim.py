@@ -6,6 +6,7 @@ import sys
 
 from utils.darknet_ref import darknet_missing
 from utils.parity import TOLERANCE
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -15,7 +16,7 @@ def run_slim(tmp_path, *extra):
     cmd = [sys.executable, "slim.py", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data"),
            "--n-train", "8", "--n-val", "4", "--batch-size", "4", "--epochs", "1", "--sparse-epochs", "1",
            "--finetune-epochs", "1", "--latency-runs", "1", "--threads", "1", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 

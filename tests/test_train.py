@@ -23,6 +23,7 @@ from utils.sparsity import (BNSparsity, gamma_stats, log_histograms, plot_gamma_
                             record_gamma_history)
 from utils.synthetic import generate
 from utils.torch_utils import randomize_weights
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = os.path.join(ROOT, "cfg", "yolov3-narrow.cfg")
@@ -256,7 +257,7 @@ def test_ddp_two_processes_gloo_sparsify_the_same_bns(shapes, tmp_path):
            os.path.join(ROOT, "train.py"), "--cfg", NARROW, "--data", shapes, "--epochs", "1", "--batch-size", "8",
            "--img-size", str(IMG), "--workers", "0", "--out", str(out), "--quiet", "-sr", "--s", "0.01",
            "--prune", "0", "--device", "cpu", "--val-max-images", "4"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "last.pt")
     single = BNSparsity(Darknet(NARROW), mode=0)

@@ -11,6 +11,7 @@ from models import Darknet, load_model
 from utils.errors import WeightsError
 from utils.loss import layer_strides
 from utils.transfer import load_partial, ranges
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY5 = os.path.join(ROOT, "cfg", "yolov3-tiny-5cls.cfg")
@@ -98,7 +99,7 @@ def test_train_cli_prints_loaded_reinitialised_frozen(coco_tiny, tmp_path):
     cmd = [sys.executable, "train.py", "--cfg", TINY5, "--weights", coco_tiny["weights"], "--data",
            str(tmp_path / "d" / "shapes.data"), "--epochs", "1", "--batch-size", "8", "--img-size", str(IMG),
            "--workers", "0", "--threads", "1", "--freeze", "9", "--out", str(out), "--quiet"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "classes 80 -> 5" in proc.stdout

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, cfg_path
+from conftest import HANG_LIMIT, ROOT, cfg_path
 from models import Darknet
 from scripts.yolov5_cfg import MODELS, YOLOV5_V6, yolov5_cfg_text
 from utils.opencv_dnn import opencv_forward, read_net
@@ -108,7 +108,7 @@ def trained_yolov5n(tmp_path_factory):
 
 def run(script, *args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

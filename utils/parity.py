@@ -7,12 +7,15 @@ largest |value| of our raw (pre-activation) head map, floored at 1. Logistic and
 do not enlarge a raw error (logistic' <= 1/4; exp turns an absolute raw error into the same
 relative error), so one bound serves x, y, objectness, class scores and w, h alike.
 
-``TOLERANCE`` is that bound: 1e-4 of the head's magnitude. A very deep model's own float32
-rounding can reach it (full yolov4, random weights seed 7, 608 px: our float32 raw maps are
-9.4e-5 from float64, OpenCV's outputs 1.0e-4 from ours; the old absolute 1e-3 gate saw 1.4e-3
-and refused the files), so ``read_back_tolerance`` raises the bound to four times the model's
-measured float32 error against float64 when that is larger (3.8e-4 there). A wrong weight,
-channel or layer moves outputs by 1e-2 and more.
+``TOLERANCE`` is that bound: 1e-4 of the head's magnitude. A deep model's own float32
+rounding can reach it, and a second float32 implementation (OpenCV folds BN into the conv
+weights, sums in another order, and in another order again on another core count) lands
+several times further from float64 than ours: yolov3-spp, random weights seed 3, 256 px:
+our raw maps are 2.9e-5 from float64 and OpenCV on one core 1.08e-4 from ours (3.7x); AlexeyAB's
+yolov4-p6 pruned: 3.8e-4 against ours at 7e-5 (5.4x). So ``read_back_tolerance`` raises the
+bound to ``FLOAT32_FACTOR`` (10) times the model's measured float32 error against float64 when
+that is larger. A wrong weight, channel or layer moves outputs by 1e-2 and more, still 30x
+past the bound of the deepest model we check.
 A NaN or infinity on either side, or a shape mismatch, is a mismatch (infinite difference).
 """
 import copy
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 TOLERANCE = 1e-4
-FLOAT32_FACTOR = 4
+FLOAT32_FACTOR = 10
 
 
 def head_magnitudes(model, x):
