@@ -15,9 +15,9 @@ have no ``.weights`` extension). Outputs are written atomically and never over a
 import os
 
 from models import Darknet, load_weights, model_from_checkpoint, save_checkpoint
-from utils import cli_checks as checks
-from utils.errors import SlimError, cli_main
-from utils.io import is_torch_file, refuse_overwrite
+from yoloslim.cli import checks
+from yoloslim.errors import SlimError, cli_main
+from yoloslim.io import is_torch_file, refuse_overwrite
 
 CHECKPOINT_EXTS = (".pt", ".pth", ".ckpt")
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from models import load_model, model_from_checkpoint
-from utils.datasets import LoadImages, check_image_file, letterbox, make_divisible, read_image, to_tensor
-from utils.errors import SlimError, WeightsError, cli_main
-from utils import cli_checks as checks
-from utils.io import atomic_write, is_torch_file, refuse_overwrite
-from utils.metrics import non_max_suppression, scale_coords
+from yoloslim.data.datasets import LoadImages, check_image_file, letterbox, make_divisible, read_image, to_tensor
+from yoloslim.errors import SlimError, WeightsError, cli_main
+from yoloslim.cli import checks
+from yoloslim.io import atomic_write, is_torch_file, refuse_overwrite
+from yoloslim.eval.metrics import non_max_suppression, scale_coords
 
 
 # ----------------------------------------------------------------------------- inference
@@ -33,7 +33,7 @@ def load_detector(cfg, weights, img_size=416, backend="torch"):
         if not cfg or is_torch_file(weights):
             raise SlimError(f"{weights}: the opencv backend needs a Darknet --cfg and .weights pair; "
                             f"write one with convert.py")
-        from utils.opencv_dnn import read_net
+        from yoloslim.deploy.opencv_dnn import read_net
         return read_net(cfg, weights)
     if cfg:
         model = load_model(cfg, weights, img_size)
@@ -55,7 +55,7 @@ def predict(model_or_net, img):
 
 def opencv_predict(net, blob, hw):
     """OpenCV's yolo rows (xywh normalized, obj, obj*cls) turned into our decoded layout."""
-    from utils.opencv_dnn import opencv_forward
+    from yoloslim.deploy.opencv_dnn import opencv_forward
     rows = np.concatenate(opencv_forward(net, blob), 0).astype(np.float32)
     h, w = hw
     rows[:, [0, 2]] *= w

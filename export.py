@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from models import load_model
-from utils.errors import SlimError, cli_main
-from utils import cli_checks as checks
-from utils.io import atomic_write, refuse_overwrite
-from utils.opencv_dnn import finite_max
+from yoloslim.errors import SlimError, cli_main
+from yoloslim.cli import checks
+from yoloslim.io import atomic_write, refuse_overwrite
+from yoloslim.deploy.opencv_dnn import finite_max
 
 
 class _Exportable(torch.nn.Module):

@@ -4,9 +4,9 @@ Blocks are ranked by the mean |gamma| of their last BN: when it is near zero the
 adds only a constant to the stream, which is folded into the layers that read it.
 Channels are then pruned as shortcut_prune does (set --percent 0 to remove layers only).
 """
-from utils.errors import cli_main
-from utils.cli_checks import count
-from utils.prune_cli import base_parser, run_prune
+from yoloslim.errors import cli_main
+from yoloslim.cli.checks import count
+from yoloslim.cli.prune import base_parser, run_prune
 
 
 def main(argv=None):

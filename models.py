@@ -1,6 +1,6 @@
 """Build a PyTorch model from Darknet ``module_defs``, and read/write Darknet ``.weights``.
 
-The model computes what Darknet computes: each section type is a kind in utils/layers.py
+The model computes what Darknet computes: each section type is a kind in yoloslim/darknet/kinds.py
 (BN eps, maxpool padding, route groups, shortcut widths, YOLO decoding), and the tests
 compare raw YOLO outputs with OpenCV DNN's Darknet importer.
 """
@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.errors import CfgError, WeightsError
-from utils.io import atomic_write, is_torch_file
-from utils.layers import check_section, get_int, kind_of, layer_shapes, layer_sources
-from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
+from yoloslim.errors import CfgError, WeightsError
+from yoloslim.io import atomic_write, is_torch_file
+from yoloslim.darknet.kinds import check_section, get_int, kind_of, layer_shapes, layer_sources
+from yoloslim.darknet.cfg import cfg_to_text, parse_cfg_text, parse_model_cfg
 
 DEFAULT_VERSION = (0, 2, 5)
 
@@ -248,7 +248,7 @@ def read_weights_file(path):
 def load_model(cfg, weights=None, img_size=None, cutoff=None):
     """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours."""
     if isinstance(cfg, (str, os.PathLike)) and img_size is None:
-        from utils.cli_checks import check_net_size
+        from yoloslim.cli.checks import check_net_size
         check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))  # width=0 must not reach PyTorch
     model = Darknet(cfg, img_size)
     if weights:
@@ -317,7 +317,7 @@ def model_from_checkpoint(path, img_size=None):
         raise WeightsError(f"{path}: has no cfg inside; pass --cfg with it")
     defs = parse_cfg_text(ckpt["cfg"], path)
     if img_size is None:
-        from utils.cli_checks import check_net_size
+        from yoloslim.cli.checks import check_net_size
         check_net_size(defs, path)
     model = Darknet(defs, img_size)
     return model.load_checkpoint_state(ckpt, path)

@@ -1,6 +1,6 @@
 """Normal prune: global |gamma| threshold; layers that meet at shortcuts keep all channels."""
-from utils.errors import cli_main
-from utils.prune_cli import base_parser, run_prune
+from yoloslim.errors import cli_main
+from yoloslim.cli.prune import base_parser, run_prune
 
 
 def main(argv=None):

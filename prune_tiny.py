@@ -3,10 +3,10 @@
 A layer read by a grouped route (yolov4-tiny's ``groups=2 group_id=1``) keeps the same
 number of channels in each half, so the route still reads the half it was trained on.
 """
-from utils.errors import PruneError, cli_main
-from utils.prune_cli import base_parser, run_prune
-from utils.prune_graph import analyze
-from utils.parse_config import parse_model_cfg
+from yoloslim.errors import PruneError, cli_main
+from yoloslim.cli.prune import base_parser, run_prune
+from yoloslim.prune.graph import analyze
+from yoloslim.darknet.cfg import parse_model_cfg
 
 
 def main(argv=None):

@@ -2,10 +2,10 @@
 
 Hardware runs convolutions fastest on regular widths; an odd count like 23 wastes lanes.
 """
-from utils.errors import cli_main
-from utils.cli_checks import count
-from utils.prune_cli import base_parser, run_prune
-from utils.prune_utils import POLICIES, Policy
+from yoloslim.errors import cli_main
+from yoloslim.cli.checks import count
+from yoloslim.cli.prune import base_parser, run_prune
+from yoloslim.prune.engine import POLICIES, Policy
 
 
 def main(argv=None):

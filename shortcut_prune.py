@@ -4,8 +4,8 @@ The convs that add into one residual stream share one mask: a channel of the str
 kept if any of them still needs it (the union of their |gamma| masks), so no residual
 sum ever loses a channel that one branch relies on.
 """
-from utils.errors import cli_main
-from utils.prune_cli import base_parser, run_prune
+from yoloslim.errors import cli_main
+from yoloslim.cli.prune import base_parser, run_prune
 
 
 def main(argv=None):

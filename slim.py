@@ -20,10 +20,10 @@ import shutil
 import sys
 import time
 
-from utils import cli_checks as checks
-from utils.errors import SlimError, cli_main
-from utils.io import atomic_write
-from utils.pipeline import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
+from yoloslim.cli import checks
+from yoloslim.errors import SlimError, cli_main
+from yoloslim.io import atomic_write
+from yoloslim.pipeline.stages import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
 
 # Targets of the main job (issue 9), checked and printed in the report.
@@ -85,7 +85,7 @@ def starting_point(args, data):
     if args.model == "narrow":
         return args.cfg or "cfg/yolov3-narrow.cfg", None
     from scripts.fetch_tiny import fetch_tiny
-    from utils.parse_config import parse_data_cfg
+    from yoloslim.darknet.cfg import parse_data_cfg
     coco = fetch_tiny()
     options = parse_data_cfg(data)
     cfg, anchors = derive_cfg(coco["cfg"], data, args.img_size,
@@ -99,9 +99,9 @@ def deploy_checks(model, cfg, weights, img_size):
     """Read the written pair back in the deployment runtimes: OpenCV DNN always, the original
     Darknet where it is installed. Returns {runtime: difference relative to the head magnitude}."""
     import numpy as np
-    from utils.darknet_ref import darknet_difference, darknet_missing, run_darknet
-    from utils.opencv_dnn import opencv_read_back
-    from utils.parity import TOLERANCE, within
+    from yoloslim.deploy.darknet_ref import darknet_difference, darknet_missing, run_darknet
+    from yoloslim.deploy.opencv_dnn import opencv_read_back
+    from yoloslim.deploy.parity import TOLERANCE, within
     diff, tolerance = opencv_read_back(model, cfg, weights, img_size)
     print(f"OpenCV DNN reads {cfg} + {weights}: difference {diff:.2e} of the head magnitude (tolerance {tolerance:.2g})")
     if not within(diff, tolerance):

@@ -16,14 +16,14 @@ import torch  # noqa: E402  (imports below follow the environment setting on pur
 from torch.utils.data import DataLoader, Subset
 
 from models import load_model, model_from_checkpoint
-from utils.agreement import agreement
-from utils.datasets import LoadImagesAndLabels
-from utils import cli_checks as checks
-from utils.errors import DataError, SlimError, cli_main
-from utils.io import is_torch_file
-from utils.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
+from yoloslim.eval.agreement import agreement
+from yoloslim.data.datasets import LoadImagesAndLabels
+from yoloslim.cli import checks
+from yoloslim.errors import DataError, SlimError, cli_main
+from yoloslim.io import is_torch_file
+from yoloslim.eval.metrics import (IOU_THRESHOLDS, format_results_table, match_predictions, non_max_suppression,
                            summarize_detections, xywh2xyxy)
-from utils.parse_config import load_classes, parse_data_cfg
+from yoloslim.darknet.cfg import load_classes, parse_data_cfg
 
 
 def build_loader(list_path, img_size, batch_size=16, workers=0, max_images=None, nc=None):

@@ -36,18 +36,18 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import test as tester
 from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
-from utils.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
-from utils.ema import ModelEMA
-from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
-from utils.errors import DataError, SlimError, cli_main
-from utils import cli_checks as checks
-from utils.io import atomic_write, is_torch_file
-from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
-from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
-from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
+from yoloslim.data.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
+from yoloslim.train.ema import ModelEMA
+from yoloslim.train.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
+from yoloslim.errors import DataError, SlimError, cli_main
+from yoloslim.cli import checks
+from yoloslim.io import atomic_write, is_torch_file
+from yoloslim.train.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
+from yoloslim.darknet.cfg import load_classes, parse_cfg_text, parse_data_cfg
+from yoloslim.train.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
-from utils.torch_utils import flush_denormals
-from utils.transfer import TransferReport, keep_frozen_bn_eval, load_partial
+from yoloslim.deploy.measure import flush_denormals
+from yoloslim.train.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
                  "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]

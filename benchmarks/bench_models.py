@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from utils.pipeline import Method, derive_cfg, measure, prune_checkpoint, run_parallel, run_training, save_pruned
+from yoloslim.pipeline.stages import Method, derive_cfg, measure, prune_checkpoint, run_parallel, run_training, save_pruned
 
 IMG_SIZE = 160
 BATCH_SIZE = 8
@@ -132,8 +132,8 @@ def starting_weights(spec):
 def train_models(args, specs, data):
     """Every spec's sparsity training, ``args.jobs`` stages at a time; {name: Trained}."""
     from models import load_model
-    from utils.prune_graph import sparsity_layers
-    from utils.sparsity import gamma_values
+    from yoloslim.prune.graph import sparsity_layers
+    from yoloslim.train.sparsity import gamma_values
     jobs, start_gammas = [], {}
     for spec in specs:
         work = os.path.join(args.work, spec.name)
@@ -155,7 +155,7 @@ def train_models(args, specs, data):
 
 
 def trained_model(folder, result, start_gammas):
-    from utils.io import atomic_write
+    from yoloslim.io import atomic_write
     model, _, _ = prune_checkpoint(result["last"], Method("none", "normal", None))
     model_cfg = os.path.join(folder, "model.cfg")
     with atomic_write(model_cfg, "w") as f:
@@ -174,8 +174,8 @@ def stage_minutes(folder):
 
 def time_pair(original, compact, pair_original, pair_compact, runs):
     """OpenCV DNN and PyTorch batch-1 latency of a pruned model and its original, interleaved."""
-    from utils.opencv_dnn import read_net
-    from utils.torch_utils import interleaved_ms, opencv_forward, torch_forward
+    from yoloslim.deploy.opencv_dnn import read_net
+    from yoloslim.deploy.measure import interleaved_ms, opencv_forward, torch_forward
     nets = [read_net(*pair_original), read_net(*pair_compact)]
     cv = interleaved_ms([opencv_forward(n, IMG_SIZE, original.in_channels) for n in nets], 5, runs)
     pt = interleaved_ms([torch_forward(m, IMG_SIZE) for m in (original, compact)], 5, runs)
@@ -189,8 +189,8 @@ def val_images(data):
 
 def prune_method(args, spec, trained, method, data):
     """One row before fine-tuning: prune, write the pair, measure, time against the original."""
-    from utils.agreement import agreement
-    from utils.errors import PruneError
+    from yoloslim.eval.agreement import agreement
+    from yoloslim.errors import PruneError
     slug = slug_of(method.name)
     row = {"method": method.name, "policy": method.policy, "percent": method.percent, "blocks": method.n_blocks}
     try:
@@ -208,8 +208,8 @@ def prune_method(args, spec, trained, method, data):
 def prune_model(args, spec, trained, data):
     """Every method of a spec, pruned and timed (one at a time: latency wants an idle machine);
     returns what the report needs, less the fine-tuned scores (``finetune_models``)."""
-    from utils.prune_graph import sparsity_layers
-    from utils.sparsity import gamma_stats, gamma_values, log_histograms
+    from yoloslim.prune.graph import sparsity_layers
+    from yoloslim.train.sparsity import gamma_stats, gamma_values, log_histograms
     print(f"\n=== {spec.title} ===", flush=True)
     layers = sparsity_layers(trained.model.module_defs, spec.prune)
     original = {"method": "unpruned (sparsity-trained)", **measure(trained.model, data, IMG_SIZE, runs=0)}
@@ -259,7 +259,7 @@ def finetune_and_score(args, folder, pair, data, teacher, distill, lr0):
     """Fine-tune a pruned pair (distilled from the unpruned ``teacher`` (cfg, checkpoint) or not),
     then its mAP@0.5 and its agreement with the teacher. Runs in a worker process."""
     from models import load_model, model_from_checkpoint
-    from utils.agreement import agreement
+    from yoloslim.eval.agreement import agreement
     extra = ["--t_cfg", teacher[0], "--t_weights", teacher[1]] if distill else []
     result = run_training(folder, pair[0], data, args.settings.get("finetune_epochs", FINETUNE_EPOCHS), IMG_SIZE,
                           BATCH_SIZE, weights=pair[1], extra=stage_extra(args, extra, lr0), quiet=True)

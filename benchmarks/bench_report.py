@@ -2,9 +2,9 @@
 import os
 
 from benchmarks.bench_models import FINETUNE_EPOCHS, IMG_SIZE, LR0, SPEED_PER_FLOP, finetune_lr0
-from utils.io import atomic_write
-from utils.pipeline import machine_line, markdown_table
-from utils.plots import pyplot, save_png
+from yoloslim.io import atomic_write
+from yoloslim.pipeline.stages import machine_line, markdown_table
+from yoloslim.plots import pyplot, save_png
 
 # The earlier toolkits' published figures (REFERENCE.md): Oxford hand data set, 416 px. Their
 # timing hardware is not given there; 11.7 ms for full yolov3 at 416 is GPU territory.

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 from benchmarks.bench_models import BATCH_SIZE, FINETUNE_EPOCHS, IMG_SIZE, finetune_lr0, stage_extra
-from utils.pipeline import Method, measure, prune_checkpoint, run_training, save_pruned
+from yoloslim.pipeline.stages import Method, measure, prune_checkpoint, run_training, save_pruned
 
 
 def ratio_sweep(args, spec, result, data):
     """mAP@0.5 right after pruning (no fine-tune) and size, over the spec's sweep of ratios."""
-    from utils.errors import PruneError
+    from yoloslim.errors import PruneError
     ratios = spec.sweep
     if "sweep_points" in args.settings:
         ratios = ratios[:: max(1, len(ratios) // args.settings["sweep_points"])][: args.settings["sweep_points"]]
@@ -72,7 +72,7 @@ def input_size_study(args, spec, result, data):
     """The unpruned model and the main method's fine-tuned model at several input sizes (trained
     at IMG_SIZE): accuracy, FLOPs and latency, to see what a smaller input buys after pruning."""
     from models import load_model
-    from utils.prune_utils import write_pruned
+    from yoloslim.prune.engine import write_pruned
     row = main_row(result)
     folder = os.path.join(args.work, spec.name, "input-size")
     os.makedirs(folder, exist_ok=True)

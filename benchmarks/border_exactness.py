@@ -34,12 +34,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import Darknet, load_model  # noqa: E402
-from utils.darknet_ref import darknet_layout  # noqa: E402
-from utils.datasets import letterbox, read_image, to_tensor  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import machine_line, markdown_table  # noqa: E402
-from utils.prune_utils import POLICIES, prune, zeroed_reference  # noqa: E402
-from utils.torch_utils import randomize_weights  # noqa: E402
+from yoloslim.deploy.darknet_ref import darknet_layout  # noqa: E402
+from yoloslim.data.datasets import letterbox, read_image, to_tensor  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
+from yoloslim.pipeline.stages import machine_line, markdown_table  # noqa: E402
+from yoloslim.prune.engine import POLICIES, prune, zeroed_reference  # noqa: E402
+from yoloslim.deploy.measure import randomize_weights  # noqa: E402
 
 EXACT = 1e-5
 PHOTOS = "/usr/share/darknet/data/*.jpg"

@@ -22,11 +22,11 @@ sys.path.insert(0, ROOT)
 
 from models import model_from_checkpoint  # noqa: E402
 from test import evaluate  # noqa: E402
-from utils import cli_checks as checks  # noqa: E402
-from utils.errors import cli_main  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import machine_line, markdown_table  # noqa: E402
-from utils.prune_utils import POLICIES, prune, zeroed_reference  # noqa: E402
+from yoloslim.cli import checks  # noqa: E402
+from yoloslim.errors import cli_main  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
+from yoloslim.pipeline.stages import machine_line, markdown_table  # noqa: E402
+from yoloslim.prune.engine import POLICIES, prune, zeroed_reference  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -16,8 +16,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.opencv_dnn import read_net  # noqa: E402
-from utils.torch_utils import interleaved_ms, opencv_forward  # noqa: E402
+from yoloslim.deploy.opencv_dnn import read_net  # noqa: E402
+from yoloslim.deploy.measure import interleaved_ms, opencv_forward  # noqa: E402
 
 
 def main():

@@ -28,10 +28,10 @@ from benchmarks.bench_models import (MODELS, finetune_models, prune_model, quick
                                      train_models, worker_threads)
 from benchmarks.bench_report import write_figures, write_report  # noqa: E402
 from benchmarks.bench_studies import input_size_study, iterative_vs_oneshot, ratio_sweep, surgery_times  # noqa: E402
-from utils import cli_checks as checks  # noqa: E402
-from utils.errors import cli_main  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import ensure_data, machine_line, run_parallel  # noqa: E402
+from yoloslim.cli import checks  # noqa: E402
+from yoloslim.errors import cli_main  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
+from yoloslim.pipeline.stages import ensure_data, machine_line, run_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -76,7 +76,7 @@ def save_results(args, results, t0):
 
 
 def rewrite_report(args):
-    from utils.errors import SlimError
+    from yoloslim.errors import SlimError
     path = os.path.join(args.figures, "results.json")
     try:
         with open(path) as f:

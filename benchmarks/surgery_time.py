@@ -17,11 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import Darknet  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
-from utils.pipeline import machine_line  # noqa: E402
-from utils.prune_graph import analyze  # noqa: E402
-from utils.prune_utils import POLICIES, build_compact, plan_channels, write_pruned  # noqa: E402
-from utils.torch_utils import randomize_weights  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
+from yoloslim.pipeline.stages import machine_line  # noqa: E402
+from yoloslim.prune.graph import analyze  # noqa: E402
+from yoloslim.prune.engine import POLICIES, build_compact, plan_channels, write_pruned  # noqa: E402
+from yoloslim.deploy.measure import randomize_weights  # noqa: E402
 
 
 def surgery_seconds(model, policy, percent, folder):

@@ -6,7 +6,7 @@
 Every variant starts from the same COCO weights, trains on the same images in the same order
 (same --seed) for the same number of epochs, and is evaluated on the same validation images
 (mAP@0.5 of the weights train.py saves). The baseline is the recipe train.py defaults to; each
-other row changes one thing. Runs are cached under --work by their arguments (utils/pipeline).
+other row changes one thing. Runs are cached under --work by their arguments (yoloslim/pipeline/stages.py).
 """
 import argparse
 import os
@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
-from utils.pipeline import ensure_data, machine_line, markdown_table, run_training  # noqa: E402
+from yoloslim.pipeline.stages import ensure_data, machine_line, markdown_table, run_training  # noqa: E402
 
 # name -> (what changes, extra train.py arguments on top of the baseline)
 VARIANTS = {
@@ -65,9 +65,9 @@ def run_variant(args, name, data, cfg, weights):
 def main():
     args = parse_args()
     from scripts.fetch_tiny import fetch_tiny
-    from utils.parse_config import parse_data_cfg, write_model_cfg
-    from utils.transfer import cfg_for_data
-    from utils.anchors import kmeans_anchors, label_sizes
+    from yoloslim.darknet.cfg import parse_data_cfg, write_model_cfg
+    from yoloslim.train.transfer import cfg_for_data
+    from yoloslim.data.anchors import kmeans_anchors, label_sizes
     data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
     coco = fetch_tiny()
     options = parse_data_cfg(data)

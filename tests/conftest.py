@@ -33,7 +33,7 @@ def darknet():
     Skipped with the reason when it is not installed; under CI=true a missing Darknet is a
     failure, so CI cannot pass without running these tests (.ci/run installs it).
     """
-    from utils.darknet_ref import darknet_missing
+    from yoloslim.deploy.darknet_ref import darknet_missing
     missing = darknet_missing()
     if missing:
         if os.environ.get("CI", "").lower() == "true":

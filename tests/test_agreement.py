@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models import load_model
-from utils.agreement import agreement
+from yoloslim.eval.agreement import agreement
 from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

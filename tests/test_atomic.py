@@ -1,6 +1,6 @@
 """A save killed half-way must leave the previous complete file in place, byte for byte.
 
-A child process rewrites a large file in a loop through ``utils.io.atomic_write`` (and, in a
+A child process rewrites a large file in a loop through ``yoloslim.io.atomic_write`` (and, in a
 second test, ``Darknet.save_darknet_weights``); the test SIGKILLs it while a write is under way
 and then checks that the file under the real name is a complete earlier version. Temporary
 files of the killed write may remain beside it (nothing can clean up after SIGKILL); they carry
@@ -21,8 +21,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.errors import SlimError  # noqa: E402
-from utils.io import atomic_write, refuse_overwrite  # noqa: E402
+from yoloslim.errors import SlimError  # noqa: E402
+from yoloslim.io import atomic_write, refuse_overwrite  # noqa: E402
 from conftest import HANG_LIMIT
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
@@ -35,7 +35,7 @@ CHUNK = 1 << 20
 WRITER = textwrap.dedent(f"""
     import sys, time
     sys.path.insert(0, {ROOT!r})
-    from utils.io import atomic_write
+    from yoloslim.io import atomic_write
     path = sys.argv[1]
     for k in range(int(sys.argv[2]), 10 ** 6):
         print("begin", k, flush=True)

@@ -54,7 +54,7 @@ def test_quick_run_writes_every_section_and_judges_every_row(coco_tiny, tmp_path
 
 
 def read_convs(cfg):
-    from utils.parse_config import parse_model_cfg
+    from yoloslim.darknet.cfg import parse_model_cfg
     defs = parse_model_cfg(cfg)[1:]
     return [{"filters": int(d["filters"]), "head": i + 1 < len(defs) and defs[i + 1]["type"] == "yolo"}
             for i, d in enumerate(defs) if d["type"] == "convolutional"]

@@ -3,7 +3,7 @@
 Each refused case must: exit 2, print exactly one ``error:`` line that names the argument or
 file, never a traceback, leave every input byte-identical and create no file at all (so no
 output folder can look complete). Cases are grouped by class of failure and every class is
-tried on every tool it applies to. Almost all are refused by ``utils/cli_checks.py`` before a
+tried on every tool it applies to. Almost all are refused by ``yoloslim/cli/checks.py`` before a
 model is built, so each costs about one interpreter start.
 """
 import hashlib
@@ -468,7 +468,7 @@ def test_checkpoint_recognised_by_content_in_every_loader(ws, odd_names, name, t
 # ----------------------------------------------------------------------------- 8. resume
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from utils.synthetic import generate
+    from yoloslim.data.synthetic import generate
     out = tmp_path_factory.mktemp("shapes")
     generate(str(out), n_train=4, n_val=2, img_size=64, seed=0, workers=1, progress=False)
     return str(out / "shapes.data")
@@ -499,7 +499,7 @@ def test_resume_with_more_epochs_extends_and_ctrl_c_prints_the_command(shapes, t
     train.main(command_line.split()[2:])                        # the printed command finishes the 2 epochs
     assert load_epoch(out) == 2
     with pytest.raises(SystemExit) as stop:                      # nothing left to do: said so, exit 2
-        from utils.errors import cli_main
+        from yoloslim.errors import cli_main
         cli_main(train.main, command_line.split()[2:])
     assert stop.value.code == 2 and "already trained 2 epochs" in capsys.readouterr().err
     train.main(command_line.split()[2:] + ["--epochs", "3"])    # a larger --epochs extends the run

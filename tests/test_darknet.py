@@ -1,7 +1,7 @@
 """Our PyTorch model against the original Darknet (pjreddie, Debian's libdarknet) on the real COCO tiny.
 
 Raw maps are compared in Darknet's BN arithmetic and relative to each head's magnitude
-(utils.parity.TOLERANCE = 1e-4); detections to 1 px and 0.01 in score.
+(yoloslim.deploy.parity.TOLERANCE = 1e-4); detections to 1 px and 0.01 in score.
 """
 import glob
 import json
@@ -16,11 +16,11 @@ import torch
 
 from conftest import HANG_LIMIT, ROOT
 from models import load_model
-from utils.darknet_ref import darknet_difference, run_darknet, run_darknet_many
-from utils.datasets import letterbox, read_image, to_tensor
-from utils.errors import SlimError
-from utils.metrics import non_max_suppression
-from utils.parity import TOLERANCE
+from yoloslim.deploy.darknet_ref import darknet_difference, run_darknet, run_darknet_many
+from yoloslim.data.datasets import letterbox, read_image, to_tensor
+from yoloslim.errors import SlimError
+from yoloslim.eval.metrics import non_max_suppression
+from yoloslim.deploy.parity import TOLERANCE
 
 PHOTOS = sorted(glob.glob("/usr/share/darknet/data/*.jpg"))
 SIZE = 416
@@ -77,7 +77,7 @@ def test_bad_pair_is_one_line_error(darknet, coco_tiny, tmp_path):
 
 
 def test_missing_darknet_is_one_clear_line(monkeypatch):
-    import utils.darknet_ref as ref
+    import yoloslim.deploy.darknet_ref as ref
     monkeypatch.setattr(ref, "LIB_PATH", "/nonexistent/libdarknet.so")
     assert "apt-get install darknet" in ref.darknet_missing()
     with pytest.raises(SlimError, match="Darknet is not installed"):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from utils.datasets import LoadImages, LoadImagesAndLabels, label_path_for, letterbox, parse_label_file
-from utils.errors import DataError
-from utils.metrics import scale_coords
-from utils.parse_config import load_classes, parse_data_cfg
-from utils.synthetic import CLASS_NAMES, generate
+from yoloslim.data.datasets import LoadImages, LoadImagesAndLabels, label_path_for, letterbox, parse_label_file
+from yoloslim.errors import DataError
+from yoloslim.eval.metrics import scale_coords
+from yoloslim.darknet.cfg import load_classes, parse_data_cfg
+from yoloslim.data.synthetic import CLASS_NAMES, generate
 
 
 def tree_bytes(root):

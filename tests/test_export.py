@@ -5,8 +5,8 @@ import torch
 from conftest import cfg_path
 from export import export_onnx, onnx_max_difference
 from models import Darknet
-from utils.prune_utils import POLICIES, prune
-from utils.torch_utils import randomize_weights
+from yoloslim.prune.engine import POLICIES, prune
+from yoloslim.deploy.measure import randomize_weights
 
 
 def test_onnx_matches_pytorch_before_and_after_pruning(tmp_path):

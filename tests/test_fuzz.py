@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import Darknet, read_weights_file  # noqa: E402
-from utils.errors import CfgError, SlimError, WeightsError  # noqa: E402
-from utils.parse_config import parse_cfg_text  # noqa: E402
+from yoloslim.errors import CfgError, SlimError, WeightsError  # noqa: E402
+from yoloslim.darknet.cfg import parse_cfg_text  # noqa: E402
 
 # no example database: it would write .hypothesis/ into the repository
 FAST = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))

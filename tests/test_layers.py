@@ -7,14 +7,14 @@ import torch
 
 from models import Darknet
 from test_prune import check_written_pair, relative_difference
-from utils.errors import CfgError, PruneError
-from utils.layers import Reorg, decode_boxes, layer_strides
-from utils.opencv_dnn import (max_difference_from_opencv, max_layout_difference, opencv_forward, read_net,
+from yoloslim.errors import CfgError, PruneError
+from yoloslim.darknet.kinds import Reorg, decode_boxes, layer_strides
+from yoloslim.deploy.opencv_dnn import (max_difference_from_opencv, max_layout_difference, opencv_forward, read_net,
                               torch_in_opencv_layout)
-from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg
-from utils.prune_graph import analyze
-from utils.prune_utils import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
-from utils.torch_utils import count_flops, opencv_latency_ms, randomize_weights, torch_latency_ms
+from yoloslim.darknet.cfg import cfg_to_text, parse_cfg_text, parse_model_cfg
+from yoloslim.prune.graph import analyze
+from yoloslim.prune.engine import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
+from yoloslim.deploy.measure import count_flops, opencv_latency_ms, randomize_weights, torch_latency_ms
 from conftest import HANG_LIMIT
 
 SIZE = 64
@@ -145,7 +145,7 @@ def test_new_coords_decoding_formula():
 
 
 def test_new_coords_loss_is_finite_and_trains_scores():
-    from utils.loss import compute_loss
+    from yoloslim.train.loss import compute_loss
     model = randomize_weights(Darknet(parse_cfg_text(KINDS["new-coords"]))).train()
     p = model(torch.rand(2, 3, SIZE, SIZE))
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 0, 0.3, 0.6, 0.1, 0.1]])
@@ -157,7 +157,7 @@ def test_new_coords_loss_is_finite_and_trains_scores():
 def test_distillation_compares_new_coords_heads_as_logits():
     """new_coords heads output probabilities; distillation turns them back into logits, so the
     loss is zero for a student equal to its teacher, positive otherwise, and finite."""
-    from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
+    from yoloslim.train.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
     teacher = randomize_weights(Darknet(parse_cfg_text(KINDS["new-coords"]))).eval()
     student = copy.deepcopy(teacher).train()
     for m in student.modules():   # training-mode outputs, but BN on the teacher's statistics

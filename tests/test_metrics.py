@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (IOU_THRESHOLDS, ap_per_class, bbox_iou, box_iou, compute_ap, format_results_table,
+from yoloslim.eval.metrics import (IOU_THRESHOLDS, ap_per_class, bbox_iou, box_iou, compute_ap, format_results_table,
                            match_predictions, non_max_suppression, summarize_detections, xywh2xyxy, xyxy2xywh)
 
 

@@ -8,11 +8,11 @@ import torch
 
 from conftest import CFG_DIR, cfg_path
 from models import Darknet, load_model, model_from_checkpoint, save_checkpoint
-from utils.errors import CfgError, WeightsError
-from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
-from utils.parity import read_back_tolerance
-from utils.parse_config import cfg_to_text, parse_cfg_text, parse_model_cfg, write_model_cfg
-from utils.torch_utils import count_params, randomize_weights
+from yoloslim.errors import CfgError, WeightsError
+from yoloslim.deploy.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from yoloslim.deploy.parity import read_back_tolerance
+from yoloslim.darknet.cfg import cfg_to_text, parse_cfg_text, parse_model_cfg, write_model_cfg
+from yoloslim.deploy.measure import count_params, randomize_weights
 
 ALL_CFGS = sorted(glob.glob(os.path.join(CFG_DIR, "*.cfg")))
 

@@ -1,11 +1,11 @@
-"""utils/pipeline.run_parallel: jobs in their own processes, results in job order, errors raised here."""
+"""yoloslim/pipeline/stages.py:run_parallel: jobs in their own processes, results in job order, errors raised here."""
 import os
 import time
 
 import pytest
 import torch
 
-from utils.pipeline import run_parallel
+from yoloslim.pipeline.stages import run_parallel
 
 
 def where(tag, delay=0.0):

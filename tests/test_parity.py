@@ -5,9 +5,9 @@ import torch
 
 from conftest import cfg_path
 from models import Darknet
-from utils.opencv_dnn import max_difference_from_opencv, max_layout_difference, opencv_read_back, random_input
-from utils.parity import FLOAT32_FACTOR, TOLERANCE, float32_error, read_back_tolerance, scaled_difference, within
-from utils.torch_utils import randomize_weights
+from yoloslim.deploy.opencv_dnn import max_difference_from_opencv, max_layout_difference, opencv_read_back, random_input
+from yoloslim.deploy.parity import FLOAT32_FACTOR, TOLERANCE, float32_error, read_back_tolerance, scaled_difference, within
+from yoloslim.deploy.measure import randomize_weights
 
 
 def test_nan_or_inf_anywhere_is_a_mismatch():

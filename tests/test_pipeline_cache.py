@@ -1,12 +1,12 @@
-"""Stage caching in utils/pipeline.run_training: a stage is reused only with the same arguments and inputs."""
+"""Stage caching in yoloslim/pipeline/stages.py:run_training: a stage is reused only with the same arguments and inputs."""
 import json
 import os
 
 import pytest
 import torch
 
-from utils.pipeline import run_training
-from utils.synthetic import generate
+from yoloslim.pipeline.stages import run_training
+from yoloslim.data.synthetic import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = os.path.join(ROOT, "cfg", "yolov3-narrow.cfg")

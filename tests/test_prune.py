@@ -8,13 +8,13 @@ import torch
 
 from conftest import cfg_path
 from models import Darknet
-from utils.errors import PruneError
-from utils.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
-from utils.parse_config import parse_model_cfg
-from utils.prune_graph import analyze, sparsity_layers
-from utils.prune_utils import (POLICIES, build_compact, plan_channels, plan_layers, prune, write_pruned,
+from yoloslim.errors import PruneError
+from yoloslim.deploy.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
+from yoloslim.darknet.cfg import parse_model_cfg
+from yoloslim.prune.graph import analyze, sparsity_layers
+from yoloslim.prune.engine import (POLICIES, build_compact, plan_channels, plan_layers, prune, write_pruned,
                                zeroed_reference)
-from utils.torch_utils import randomize_weights
+from yoloslim.deploy.measure import randomize_weights
 
 SMALL = ["yolov3-tiny", "yolov4-tiny", "yolov3-narrow"]
 BIG = ["yolov3", "yolov3-spp"]
@@ -104,7 +104,7 @@ def test_compensation_reaches_route_into_second_head(models):
     target = next(c for c in graph.prunable if c in routed and len(graph.consumers[c]) > 1)
     keep = torch.ones(model.module_list[target].Conv2d.out_channels, dtype=torch.bool)
     keep[::2] = False
-    from utils.prune_utils import PrunePlan
+    from yoloslim.prune.engine import PrunePlan
     plan = PrunePlan(masks={target: keep})
     compact = build_compact(model, plan, graph)
     x = torch.rand(1, 3, 96, 96, dtype=torch.float64)
@@ -189,7 +189,7 @@ def test_ratio_beyond_safe_limit_refused_with_safe_ratio(models):
 
 
 def test_insufficient_sparsity_is_reported_with_figures(models, capsys):
-    from utils.prune_cli import sparsity_report
+    from yoloslim.cli.prune import sparsity_report
     model = copy.deepcopy(models("yolov3-tiny"))
     graph = analyze(model.module_defs)
     near = sparsity_report(model, graph, POLICIES["tiny"], 0.5)   # random gammas: none near zero

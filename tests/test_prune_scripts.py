@@ -2,8 +2,8 @@
 
 Models: the real COCO yolov3-tiny (416), and yolov3 / yolov3-spp with random weights written
 by our writer, their cfg copied with width=height=96 to keep the suite fast. Each written
-pair is loaded in pjreddie Darknet (utils/darknet_ref.py) and compared with the same pair
-loaded in our PyTorch model: raw [yolo] maps within utils.parity.TOLERANCE (1e-4 of each
+pair is loaded in pjreddie Darknet (yoloslim/deploy/darknet_ref.py) and compared with the same pair
+loaded in our PyTorch model: raw [yolo] maps within yoloslim.deploy.parity.TOLERANCE (1e-4 of each
 head's magnitude, w/h relative) on a random input.
 """
 import json
@@ -16,10 +16,10 @@ import pytest
 
 from conftest import HANG_LIMIT, ROOT, cfg_path
 from models import Darknet, load_model
-from utils.darknet_ref import darknet_difference, run_darknet
-from utils.parity import TOLERANCE
-from utils.parse_config import parse_model_cfg, write_model_cfg
-from utils.torch_utils import randomize_weights
+from yoloslim.deploy.darknet_ref import darknet_difference, run_darknet
+from yoloslim.deploy.parity import TOLERANCE
+from yoloslim.darknet.cfg import parse_model_cfg, write_model_cfg
+from yoloslim.deploy.measure import randomize_weights
 
 BIG_SIZE = 96
 

@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models import Darknet, load_checkpoint, load_model, save_checkpoint  # noqa: E402
-from utils.errors import CfgError, DataError, SlimError, WeightsError  # noqa: E402
-from utils.parse_config import parse_model_cfg  # noqa: E402
+from yoloslim.errors import CfgError, DataError, SlimError, WeightsError  # noqa: E402
+from yoloslim.darknet.cfg import parse_model_cfg  # noqa: E402
 from conftest import HANG_LIMIT
 
 # A small but complete network: conv+BN, maxpool, a residual shortcut, a route, upsample, one head.
@@ -294,7 +294,7 @@ def test_garbage_pt_file(tmp_path):
 
 # ----------------------------------------------------------------------------- data sets
 def test_empty_image_list(tmp_path):
-    from utils.datasets import LoadImagesAndLabels
+    from yoloslim.data.datasets import LoadImagesAndLabels
     listing = write(tmp_path, "train.txt", "\n# nothing here\n")
     expect(DataError, lambda: LoadImagesAndLabels(listing, img_size=64), re.escape(listing), "empty")
 
@@ -306,7 +306,7 @@ def test_empty_image_list(tmp_path):
 ])
 def test_label_file_with_a_bad_line(tmp_path, line, words):
     import cv2
-    from utils.datasets import LoadImagesAndLabels
+    from yoloslim.data.datasets import LoadImagesAndLabels
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
     cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
@@ -383,10 +383,10 @@ def test_convert_backbone_cutoff(tmp_path, small_weights):
     expect(SlimError, lambda: convert.convert(cfg, good, str(tmp_path / "x.weights"), cutoff=99), "--cutoff 99")
 
 
-# ----------------------------------------------------------------------------- shared checks (utils/cli_checks.py)
+# ----------------------------------------------------------------------------- shared checks (yoloslim/cli/checks.py)
 def test_number_types_refuse_nan_inf_and_out_of_range():
     import argparse
-    from utils import cli_checks as checks
+    from yoloslim.cli import checks
     for parse, text in ((checks.fraction, "nan"), (checks.fraction, "inf"), (checks.fraction, "1.01"),
                         (checks.positive_int, "0"), (checks.count, "-1"), (checks.positive_float, "0"),
                         (checks.open_fraction, "1"), (checks.img_size, "0"), (checks.img_size, "-32"),
@@ -397,7 +397,7 @@ def test_number_types_refuse_nan_inf_and_out_of_range():
 
 
 def test_img_size_is_rounded_up_to_32_and_says_so(capsys):
-    from utils.cli_checks import img_size
+    from yoloslim.cli.checks import img_size
     assert img_size("416") == 416 and capsys.readouterr().err == ""
     assert img_size("100") == 128
     assert "--img-size 100 is not a multiple of 32; using 128" in capsys.readouterr().err
@@ -405,7 +405,7 @@ def test_img_size_is_rounded_up_to_32_and_says_so(capsys):
 
 def test_output_checks(tmp_path):
     import argparse
-    from utils.cli_checks import output_dir, output_file
+    from yoloslim.cli.checks import output_dir, output_file
     afile = write(tmp_path, "f.txt", "x")
     for check, path, words in ((output_dir, afile, "existing file"), (output_dir, afile + "/sub", "is a file"),
                                (output_file, str(tmp_path), "is a folder"), (output_file, afile + "/x.pt", "is a file"),
@@ -418,14 +418,14 @@ def test_output_checks(tmp_path):
 
 @pytest.mark.parametrize("width, height", [(0, 64), (64, -32), (100, 64), ("abc", 64)])
 def test_cfg_net_size_refused_naming_the_cfg(tmp_path, width, height):
-    from utils.cli_checks import check_cfg
+    from yoloslim.cli.checks import check_cfg
     path = write(tmp_path, "size.cfg", edit(SMALL_CFG, "width=64\nheight=64", f"width={width}\nheight={height}"))
     expect(CfgError, lambda: check_cfg(path), re.escape(path) + r":\d+ \[net\]", "must be a positive multiple of 32")
     expect(CfgError, lambda: load_model(path), re.escape(path), "positive multiple of 32")
 
 
 def test_empty_names_file_is_an_error(tmp_path):
-    from utils.cli_checks import check_names
+    from yoloslim.cli.checks import check_names
     path = write(tmp_path, "empty.names", "\n \n")
     expect(DataError, lambda: check_names(path), re.escape(path), "no class names")
 
@@ -446,7 +446,7 @@ def test_non_finite_weights_refused_with_the_layer(tmp_path, small_weights):
 
 
 def test_max_difference_is_nan_aware():
-    from utils.opencv_dnn import finite_max, max_layout_difference
+    from yoloslim.deploy.opencv_dnn import finite_max, max_layout_difference
     a = np.zeros((4, 7), np.float32)
     b = a.copy()
     b[1, 0] = np.nan
@@ -476,7 +476,7 @@ def test_detect_warns_when_outputs_are_not_finite(tmp_path, small_weights):
 
 # ----------------------------------------------------------------------------- temporaries and folders
 def test_stale_temporaries_of_a_killed_run_are_cleaned_and_live_ones_kept(tmp_path):
-    from utils.io import atomic_write, claim_folder
+    from yoloslim.io import atomic_write, claim_folder
     dead = 2 ** 22 + 12345          # above the default pid_max: no process has it
     stale = tmp_path / f".m.weights.{dead}.abc.tmp"
     live = tmp_path / f".m.weights.{os.getpid()}.xyz.tmp"
@@ -497,14 +497,14 @@ def test_stale_temporaries_of_a_killed_run_are_cleaned_and_live_ones_kept(tmp_pa
 def test_claim_folder_is_atomic_under_a_race(tmp_path):
     """Eight processes claim the same name at once: eight different folders."""
     import multiprocessing
-    from utils.io import claim_folder
+    from yoloslim.io import claim_folder
     with multiprocessing.get_context("fork").Pool(8) as pool:
         got = pool.map(claim_folder, [str(tmp_path / "out")] * 8)
     assert len(set(got)) == 8 and all(os.path.isdir(g) for g in got)
 
 
 def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
-    from utils.io import atomic_folder, claim_folder
+    from yoloslim.io import atomic_folder, claim_folder
     folder = claim_folder(str(tmp_path / "out"))
     with pytest.raises(RuntimeError):
         with atomic_folder(folder) as work:
@@ -519,7 +519,7 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
 
 
 def test_torch_files_are_recognised_by_content(tmp_path, small_weights):
-    from utils.io import is_torch_file
+    from yoloslim.io import is_torch_file
     cfg, blob = small_weights
     save_checkpoint(small_model(tmp_path).checkpoint(), str(tmp_path / "a.weights"))
     legacy = str(tmp_path / "legacy.bin")
@@ -530,13 +530,13 @@ def test_torch_files_are_recognised_by_content(tmp_path, small_weights):
 
 # ----------------------------------------------------------------------------- reports
 def test_channel_table_says_what_a_percentage_means():
-    from utils.prune_report import kept_text
+    from yoloslim.prune.report import kept_text
     assert kept_text(1, 256) == "kept 1/256 (pruned 99.6%)"
     assert kept_text(128, 256) == "kept 128/256 (pruned 50.0%)"
 
 
 def test_gamma_histogram_line_sums_to_the_whole():
-    from utils.prune_cli import gamma_histogram_line
+    from yoloslim.cli.prune import gamma_histogram_line
     line = gamma_histogram_line(torch.tensor([0.0005, 0.005, 0.05, 0.5, 5.0, 0.5, 0.5, 0.5]))
     assert line.startswith("|gamma| histogram: <0.001  12% ##") and "0.1-1  50% ##########" in line
     shares = [int(s) for s in re.findall(r"(\d+)%", line)]
@@ -545,7 +545,7 @@ def test_gamma_histogram_line_sums_to_the_whole():
 
 def test_cli_main_reports_environment_errors_in_one_line(capsys):
     """A permission changed or a disk filled mid-run: one line naming the file, exit 2."""
-    from utils.errors import cli_main
+    from yoloslim.errors import cli_main
 
     def fails():
         raise PermissionError(13, "Permission denied", "/some/out/x.weights")

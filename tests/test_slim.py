@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from utils.darknet_ref import darknet_missing
-from utils.parity import TOLERANCE
+from yoloslim.deploy.darknet_ref import darknet_missing
+from yoloslim.deploy.parity import TOLERANCE
 from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,15 +14,15 @@ import torch
 import test as tester
 import train
 from models import Darknet, load_checkpoint
-from utils.datasets import LoadImagesAndLabels
-from utils.distill import distillation_loss
-from utils.errors import SlimError
-from utils.loss import compute_loss, default_hyp, init_head_biases
-from utils.prune_graph import sparsity_layers
-from utils.sparsity import (BNSparsity, gamma_stats, log_histograms, plot_gamma_histogram, plot_gamma_history,
+from yoloslim.data.datasets import LoadImagesAndLabels
+from yoloslim.train.distill import distillation_loss
+from yoloslim.errors import SlimError
+from yoloslim.train.loss import compute_loss, default_hyp, init_head_biases
+from yoloslim.prune.graph import sparsity_layers
+from yoloslim.train.sparsity import (BNSparsity, gamma_stats, log_histograms, plot_gamma_histogram, plot_gamma_history,
                             record_gamma_history)
-from utils.synthetic import generate
-from utils.torch_utils import randomize_weights
+from yoloslim.data.synthetic import generate
+from yoloslim.deploy.measure import randomize_weights
 from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def two_epoch_run(shapes, tmp_path_factory):
 
 
 def fixed_batch(data, n=8):
-    from utils.parse_config import parse_data_cfg
+    from yoloslim.darknet.cfg import parse_data_cfg
     ds = LoadImagesAndLabels(parse_data_cfg(data)["train"], IMG, augment=False, nc=5)
     return LoadImagesAndLabels.collate_fn([ds[i] for i in range(n)])
 
@@ -292,7 +292,7 @@ def test_hyp_file_sets_loss_and_augmentation_keys(tmp_path):
 
 
 def test_mosaic_keeps_boxes_inside_and_never_mirrors_with_fliplr_0(shapes):
-    from utils.parse_config import parse_data_cfg
+    from yoloslim.darknet.cfg import parse_data_cfg
     hyp = {"mosaic": 1.0, "fliplr": 0.0, "scale": 0.0, "translate": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0}
     ds = LoadImagesAndLabels(parse_data_cfg(shapes)["train"], IMG, augment=True, hyp=hyp, nc=5)
     torch.manual_seed(0)
@@ -307,7 +307,7 @@ def test_mosaic_keeps_boxes_inside_and_never_mirrors_with_fliplr_0(shapes):
 
 
 def test_ema_averages_and_resume_keeps_it(shapes, tmp_path):
-    from utils.ema import ModelEMA
+    from yoloslim.train.ema import ModelEMA
     a = torch.nn.Linear(2, 1)
     ema = ModelEMA(a, decay=0.5, tau=1e-9)
     with torch.no_grad():

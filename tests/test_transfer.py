@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models import Darknet, load_model
-from utils.errors import WeightsError
-from utils.loss import layer_strides
-from utils.transfer import load_partial, ranges
+from yoloslim.errors import WeightsError
+from yoloslim.train.loss import layer_strides
+from yoloslim.train.transfer import load_partial, ranges
 from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_cutoff_stops_loading_and_other_networks_are_refused(coco, coco_tiny):
 
 
 def test_train_cli_prints_loaded_reinitialised_frozen(coco_tiny, tmp_path):
-    from utils.synthetic import generate
+    from yoloslim.data.synthetic import generate
     generate(str(tmp_path / "d"), n_train=8, n_val=4, img_size=IMG, seed=0, workers=1, progress=False)
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--cfg", TINY5, "--weights", coco_tiny["weights"], "--data",

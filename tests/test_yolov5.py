@@ -16,11 +16,11 @@ import torch
 from conftest import HANG_LIMIT, ROOT, cfg_path
 from models import Darknet
 from scripts.yolov5_cfg import MODELS, YOLOV5_V6, yolov5_cfg_text
-from utils.opencv_dnn import opencv_forward, read_net
-from utils.parse_config import parse_model_cfg
-from utils.prune_graph import analyze
-from utils.synthetic import generate
-from utils.torch_utils import count_flops, count_params, randomize_weights
+from yoloslim.deploy.opencv_dnn import opencv_forward, read_net
+from yoloslim.darknet.cfg import parse_model_cfg
+from yoloslim.prune.graph import analyze
+from yoloslim.data.synthetic import generate
+from yoloslim.deploy.measure import count_flops, count_params, randomize_weights
 
 # ultralytics' own summaries of yolov5 v6.0 at 640 px, 80 classes (README table and model.info()):
 # parameters exactly, GFLOPs rounded to 0.1 (thop: 2 x multiply-adds, as our count_flops)

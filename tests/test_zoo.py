@@ -1,7 +1,7 @@
 """Every cfg shipped in cfg/: it builds, OpenCV reads a random-weight pair of it with the same
 head maps, and every prune policy that its graph allows prunes it into a pair OpenCV reads back.
 
-Applicable policies come from the graph (utils.prune_graph.analyze), never from file names:
+Applicable policies come from the graph (yoloslim.prune.graph.analyze), never from file names:
 normal and l1 where some conv lies outside shortcut groups, shortcut where a shortcut group is
 prunable, tiny where there are no shortcut groups at all (prune_tiny.py's rule), layer removal
 where residual blocks exist. Models are built at SIZE px from a copy of the cfg with that size.
@@ -15,15 +15,15 @@ import torch
 from conftest import CFG_DIR
 from models import Darknet
 from test_prune import relative_difference
-from utils.opencv_dnn import max_raw_difference, random_input
-from utils.parity import read_back_tolerance
-from utils.parse_config import parse_model_cfg, write_model_cfg
-from utils.prune_graph import analyze
-from utils.prune_utils import POLICIES, build_compact, plan_layers, prune, write_pruned, zeroed_reference
-from utils.torch_utils import count_params, randomize_weights
+from yoloslim.deploy.opencv_dnn import max_raw_difference, random_input
+from yoloslim.deploy.parity import read_back_tolerance
+from yoloslim.darknet.cfg import parse_model_cfg, write_model_cfg
+from yoloslim.prune.graph import analyze
+from yoloslim.prune.engine import POLICIES, build_compact, plan_layers, prune, write_pruned, zeroed_reference
+from yoloslim.deploy.measure import count_params, randomize_weights
 
 SIZE = 128           # every shipped model's largest stride (32) divides it
-# head maps vs OpenCV (Winograd off): utils.parity's read-back gate, 1e-4 of each head's magnitude
+# head maps vs OpenCV (Winograd off): yoloslim.deploy.parity's read-back gate, 1e-4 of each head's magnitude
 # or 4x the model's own float32 error where that is larger (yolov4: fp32 alone moves the maps 1.6e-4)
 EXACT_SIZE = 64      # replicate padding makes that comparison exact at any size, so keep it small
 EXACT_TOL = 1e-5     # compact model vs the original with the pruned gammas zeroed (fp64, replicate padding);

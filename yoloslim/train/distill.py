@@ -14,13 +14,13 @@ output has a counterpart and the outputs can be compared element by element:
   without it the student would spend capacity copying noise.
 
 The result is a per-image mean; train.py multiplies it by ``--kd-weight`` and the batch size
-(the same scaling as ``utils.loss.compute_loss``) and adds it to the detection loss.
+(the same scaling as ``yoloslim.train.loss.compute_loss``) and adds it to the detection loss.
 """
 import torch
 import torch.nn.functional as F
 
-from utils.errors import SlimError
-from utils.loss import unwrap
+from yoloslim.errors import SlimError
+from yoloslim.train.loss import unwrap
 
 
 def check_compatible(student, teacher):

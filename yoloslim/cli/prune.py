@@ -9,15 +9,15 @@ import time
 import torch
 
 from models import load_model
-from utils.errors import PruneError
-from utils import cli_checks as checks
-from utils.io import atomic_folder, atomic_write, claim_folder, is_torch_file
-from utils.opencv_dnn import opencv_read_back
-from utils.parity import within
-from utils.pipeline import measure
-from utils.prune_graph import analyze
-from utils.prune_report import channel_table, comparison_table
-from utils.prune_utils import POLICIES, make_units, prune, unit_scores, write_pruned
+from yoloslim.errors import PruneError
+from yoloslim.cli import checks
+from yoloslim.io import atomic_folder, atomic_write, claim_folder, is_torch_file
+from yoloslim.deploy.opencv_dnn import opencv_read_back
+from yoloslim.deploy.parity import within
+from yoloslim.pipeline.stages import measure
+from yoloslim.prune.graph import analyze
+from yoloslim.prune.report import channel_table, comparison_table
+from yoloslim.prune.engine import POLICIES, make_units, prune, unit_scores, write_pruned
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
 SPARSE_ENOUGH = 0.1  # a sparsity-trained model has at least this share of gammas near zero
@@ -171,7 +171,7 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
     after = measure(compact, args.data, size, work_cfg, work_weights, args.latency_runs)
     after["weights_MB"] = os.path.getsize(work_weights) / 1e6
     if args.images:
-        from utils.agreement import agreement
+        from yoloslim.eval.agreement import agreement
         found = agreement(model, compact, args.images, size)
         before.update(agreement=1.0, boxes=found.reference_boxes)
         after.update(agreement=found.score, boxes=found.candidate_boxes)

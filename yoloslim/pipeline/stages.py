@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from models import model_from_checkpoint
-from utils.io import atomic_write
-from utils.opencv_dnn import read_net
-from utils.parse_config import parse_data_cfg
-from utils.prune_utils import POLICIES, prune, write_pruned
-from utils.torch_utils import count_flops, count_params, opencv_latency_ms, torch_latency_ms
+from yoloslim.io import atomic_write
+from yoloslim.deploy.opencv_dnn import read_net
+from yoloslim.darknet.cfg import parse_data_cfg
+from yoloslim.prune.engine import POLICIES, prune, write_pruned
+from yoloslim.deploy.measure import count_flops, count_params, opencv_latency_ms, torch_latency_ms
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Method:
 
 def ensure_data(folder, n_train, n_val, img_size, seed=0):
     """The synthetic data set (generated once, then reused); returns its .data path."""
-    from utils.synthetic import generate
+    from yoloslim.data.synthetic import generate
     generate(folder, n_train=n_train, n_val=n_val, img_size=img_size, seed=seed)
     return os.path.join(folder, "shapes.data")
 
@@ -43,9 +43,9 @@ def ensure_data(folder, n_train, n_val, img_size, seed=0):
 def derive_cfg(src_cfg, data, img_size, path):
     """Write ``src_cfg`` adapted to a data set: its class count, and anchors from k-means on its
     training boxes (as many as the cfg has). Returns (path, anchors)."""
-    from utils.anchors import kmeans_anchors, label_sizes
-    from utils.parse_config import write_model_cfg
-    from utils.transfer import cfg_for_data
+    from yoloslim.data.anchors import kmeans_anchors, label_sizes
+    from yoloslim.darknet.cfg import write_model_cfg
+    from yoloslim.train.transfer import cfg_for_data
     options = parse_data_cfg(data)
     n_anchors = sum(len(m["mask"]) for m in cfg_for_data(src_cfg, 1)[1:] if m["type"] == "yolo")
     anchors = kmeans_anchors(label_sizes(options["train"], img_size), n_anchors)
@@ -153,7 +153,7 @@ def file_digest(path):
 
 def data_digest(path):
     """A .data file, its lists, and the size and mtime of every image and label they name."""
-    from utils.datasets import label_path_for, read_image_list
+    from yoloslim.data.datasets import label_path_for, read_image_list
     h = hashlib.sha256(file_digest(path).encode())
     options = parse_data_cfg(path)
     for key in ("train", "valid"):

@@ -5,8 +5,8 @@ everything that differs between kinds: which options it refuses, which earlier l
 reads, its output width and stride, the nn.Module it builds and how forward calls it, how
 channels flow through it for the pruning graph, what a constant input channel becomes at its
 output (compensation), which output channels the compact model keeps, and its FLOPs.
-Model build (models.py), the pruning graph (utils/prune_graph.py), the pruning surgery
-(utils/prune_utils.py) and FLOPs (utils/torch_utils.py) only call into this table, so a
+Model build (models.py), the pruning graph (yoloslim/prune/graph.py), the pruning surgery
+(yoloslim/prune/engine.py) and FLOPs (yoloslim/deploy/measure.py) only call into this table, so a
 section missing from it is refused at parse time and never passes through silently.
 See docs/DESIGN.md, "How to add a layer kind".
 """
@@ -16,12 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.errors import CfgError, PruneError
+from yoloslim.errors import CfgError, PruneError
 
 # OpenCV divides by sqrt(var + 1e-6), as we do; pjreddie Darknet by sqrt(var) + 1e-6 and AlexeyAB by
 # sqrt(var + 1e-5): the differences show only where a channel's variance is tiny. Measured on COCO
 # yolov3-tiny: 3e-6 from OpenCV (eps 1e-5 would be 1.5e-4), 5e-5 from pjreddie Darknet, whose own
-# formula utils/darknet_ref.with_darknet_bn reproduces for the Darknet checks.
+# formula yoloslim/deploy/darknet_ref.py:with_darknet_bn reproduces for the Darknet checks.
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.03     # PyTorch convention (1 - Darknet's .97 rolling average)
 

@@ -136,7 +136,7 @@ def is_torch_file(path):
 
 def refuse_overwrite(output, *inputs):
     """Raise if ``output`` is one of ``inputs`` (same file), so results never replace sources."""
-    from utils.errors import SlimError
+    from yoloslim.errors import SlimError
     out = os.path.realpath(output)
     for src in inputs:
         if src and os.path.realpath(src) == out:

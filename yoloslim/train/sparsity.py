@@ -8,7 +8,7 @@ is added straight to ``gamma.grad`` after ``backward()`` and before ``optimizer.
     sparsity.apply()
     optimizer.step()
 
-Which BNs: ``utils.prune_graph.sparsity_layers(module_defs, mode)`` (0 normal, 1 shortcut,
+Which BNs: ``yoloslim.prune.graph.sparsity_layers(module_defs, mode)`` (0 normal, 1 shortcut,
 2 tiny), so the penalty lands exactly on the channels that the matching prune mode can cut.
 
 DDP: DistributedDataParallel all-reduces the gradients inside ``backward()``; gamma itself is
@@ -27,9 +27,9 @@ import os
 import numpy as np
 import torch
 
-from utils.loss import unwrap
-from utils.plots import pyplot, save_png
-from utils.prune_graph import sparsity_layers
+from yoloslim.train.loss import unwrap
+from yoloslim.plots import pyplot, save_png
+from yoloslim.prune.graph import sparsity_layers
 
 SCHEDULES = ("constant", "linear", "step")
 SMALL_GAMMA = 1e-2          # |gamma| below this counts as "collapsed" in the stats

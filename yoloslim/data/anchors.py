@@ -1,7 +1,7 @@
 """Anchors for a data set: k-means on the labelled box sizes, with 1 - IoU as the distance (Darknet's calc_anchors)."""
 import numpy as np
 
-from utils.datasets import LoadImagesAndLabels
+from yoloslim.data.datasets import LoadImagesAndLabels
 
 
 def label_sizes(list_path, img_size):

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 
-from utils.errors import CfgError, DataError
+from yoloslim.errors import CfgError, DataError
 
 STRIDE = 32          # the largest stride of every supported network: input sizes are multiples of it
 MAX_IMG_SIZE = 4096  # beyond this a single forward pass needs tens of GB; a typo, not a wish
@@ -181,7 +181,7 @@ def check_net_size(module_defs, path):
 
 def check_cfg(path):
     """Parse a .cfg (syntax and [net] size) before any model is built; returns its module_defs."""
-    from utils.parse_config import parse_model_cfg
+    from yoloslim.darknet.cfg import parse_model_cfg
     return check_net_size(parse_model_cfg(path), path)
 
 
@@ -203,7 +203,7 @@ def _text_file(read, path, kind):
 
 def check_names(path):
     """Class names of a .names file; an empty one is an error, not 'no names'."""
-    from utils.parse_config import load_classes
+    from yoloslim.darknet.cfg import load_classes
     names = _text_file(load_classes, path, ".names file (one class name per line)")
     if not names:
         raise DataError(f"{path}: holds no class names; write one name per line (or leave the option out)")
@@ -212,7 +212,7 @@ def check_names(path):
 
 def check_data(path, lists=("valid",)):
     """A .data file whose ``lists`` (train/valid) exist and whose names= (if any) is non-empty."""
-    from utils.parse_config import parse_data_cfg
+    from yoloslim.darknet.cfg import parse_data_cfg
     data = _text_file(parse_data_cfg, path, ".data file (key=value lines)")
     for key in lists:
         if not data.get(key):
@@ -240,7 +240,7 @@ def check_classes(nc, data, data_path, names=None, names_path=None):
 
 def ensure(check, value, arg):
     """Apply an argparse ``type=`` check outside argparse (e.g. to a default), as a SlimError."""
-    from utils.errors import SlimError
+    from yoloslim.errors import SlimError
     try:
         return check(value)
     except argparse.ArgumentTypeError as e:

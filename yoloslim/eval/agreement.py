@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.datasets import LoadImages
-from utils.metrics import IOU_THRESHOLDS, match_predictions, non_max_suppression, summarize_detections
+from yoloslim.data.datasets import LoadImages
+from yoloslim.eval.metrics import IOU_THRESHOLDS, match_predictions, non_max_suppression, summarize_detections
 
 REFERENCE_CONF = 0.25   # a usual deployment threshold: boxes the reference would actually report
 EVAL_CONF = 0.001       # the candidate is ranked over all its boxes, as for mAP against labels

@@ -2,14 +2,14 @@
 
 Channels flow from a conv through upsample, maxpool, avgpool, single-input routes and
 shortcut sums unchanged; routes concatenate them; [sam], [scale_channels], [reorg], grouped
-convs and shortcuts of different widths freeze them (each kind says which, utils/layers.py).
+convs and shortcuts of different widths freeze them (each kind says which, yoloslim/darknet/kinds.py).
 Layers whose outputs are the same channel space (joined by ``[shortcut]``, or passed through
 unchanged) are put in one *channel group* with a union-find: they must keep one channel set. No layer index appears in
 this module: yolov3, -spp, -tiny, yolov4-tiny and custom cfgs are all read the same way.
 """
 from dataclasses import dataclass, field
 
-from utils.layers import kind_of, layer_shapes
+from yoloslim.darknet.kinds import kind_of, layer_shapes
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Graph:
     split_of: dict                      # conv -> channel split a grouped route imposes (1 = none)
     prunable: list = field(default_factory=list)   # convs whose output channels may be removed
     blocks: list = field(default_factory=list)     # removable residual blocks
-    kinds: list = field(default_factory=list)      # the utils/layers.py kind of every layer
+    kinds: list = field(default_factory=list)      # the yoloslim/darknet/kinds.py kind of every layer
 
     def shortcut_groups(self):
         """Channel groups written by more than one conv: the convs meeting at shortcuts."""
@@ -61,7 +61,7 @@ def analyze(module_defs, in_channels=3):
     """Build the prune Graph of a cfg's layers (``module_defs`` without ``[net]``).
 
     What each layer kind does to channels (keeps its input's channel space, concatenates
-    slices of its inputs, or freezes them) comes from its entry in utils/layers.py.
+    slices of its inputs, or freezes them) comes from its entry in yoloslim/darknet/kinds.py.
     """
     defs = [d for d in module_defs if d["type"] not in ("net", "network")]
     n = len(defs)

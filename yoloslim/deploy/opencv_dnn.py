@@ -6,8 +6,8 @@ PyTorch model and OpenCV agree on a .cfg/.weights pair, Darknet users get what w
 import numpy as np
 import torch
 
-from utils.errors import SlimError
-from utils.parity import head_magnitudes, read_back_tolerance, scaled_difference
+from yoloslim.errors import SlimError
+from yoloslim.deploy.parity import head_magnitudes, read_back_tolerance, scaled_difference
 
 
 def read_net(cfg_path, weights_path, exact=False):
@@ -56,7 +56,7 @@ def opencv_head_maps(net, x, yolo_layers):
 def max_raw_difference(model, cfg_path, weights_path, size, seed=0):
     """How far OpenCV's head maps for a written pair are from ``model``'s ``forward_raw``, each
     head divided by its magnitude; independent of any box decoding. Compare with
-    utils.parity.read_back_tolerance(model, random_input(size, seed))."""
+    yoloslim.deploy.parity.read_back_tolerance(model, random_input(size, seed))."""
     x = random_input(size, seed)
     with torch.no_grad():
         ours = [r.numpy() for r in model.eval().forward_raw(torch.from_numpy(x))]
@@ -114,7 +114,7 @@ def max_layout_difference(ours, theirs, scales=None):
     so their float error grows with their size: they are compared relative to max(1, |w|).
     OpenCV zeroes class scores under its threshold, so class columns are compared only
     where OpenCV reports a score. A NaN or infinity anywhere, or a shape mismatch, is an
-    infinite difference (see utils/parity.py for the scale and the tolerance).
+    infinite difference (see yoloslim/deploy/parity.py for the scale and the tolerance).
     """
     worst = 0.0
     scales = scales or [1.0] * len(ours)
@@ -139,7 +139,7 @@ def random_input(size, seed=0, channels=3):
 
 def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
     """How far OpenCV's reading of a written .cfg/.weights pair is from ``model`` (random input),
-    relative to each head's magnitude: compare with utils.parity.TOLERANCE."""
+    relative to each head's magnitude: compare with yoloslim.deploy.parity.TOLERANCE."""
     x = random_input(size, seed, model.in_channels)
     return max_layout_difference(torch_in_opencv_layout(model, x),
                                  opencv_forward(read_net(cfg_path, weights_path, exact=True), x),
@@ -148,6 +148,6 @@ def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
 
 def opencv_read_back(model, cfg_path, weights_path, size, seed=0):
     """(difference, tolerance) for the read-back gate: the difference as above, the tolerance
-    from utils.parity.read_back_tolerance on the same input."""
+    from yoloslim.deploy.parity.read_back_tolerance on the same input."""
     return (max_difference_from_opencv(model, cfg_path, weights_path, size, seed),
             read_back_tolerance(model, random_input(size, seed, model.in_channels)))

@@ -3,14 +3,14 @@
 Every front end (normal, regular, shortcut, tiny, layer+channel) is a ``Policy`` handed
 to the same three steps:
 
-    graph = analyze(model.module_defs)          # utils/prune_graph.py
+    graph = analyze(model.module_defs)          # yoloslim/prune/graph.py
     plan = plan_channels(model, graph, policy, percent)   (and/or plan_layers)
     compact = build_compact(model, graph, plan) # compensation + surgery
     write_pruned(compact, out_dir, name)
 
 Compensation: once a channel's gamma is zero its output is the constant ``act(beta)``.
 ``propagate_constants`` follows those constants through each layer kind (shortcut sums,
-route concatenation, upsample, maxpool...: utils/layers.py) to every conv that reads them,
+route concatenation, upsample, maxpool...: yoloslim/darknet/kinds.py) to every conv that reads them,
 and folds them into that conv's BN running mean (or its bias when it has no BN). The compact model then
 equals the original with the pruned gammas set to zero, except where zero padding at the
 image border sees the missing constant.
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from models import Darknet
-from utils.errors import PruneError
-from utils.parse_config import write_model_cfg
-from utils.prune_graph import analyze
+from yoloslim.errors import PruneError
+from yoloslim.darknet.cfg import write_model_cfg
+from yoloslim.prune.graph import analyze
 
 # ----------------------------------------------------------------------------- data types
 
@@ -213,7 +213,7 @@ def propagate_constants(model, graph, plan):
 
     Pruned channels contribute ``act(beta)``; a removed residual block contributes its last
     conv's ``act(beta)`` to the stream it was added to. Each layer kind says what its input
-    constants become at its output (utils/layers.py).
+    constants become at its output (yoloslim/darknet/kinds.py).
     """
     removed = plan.removed_layers()
     block_of_shortcut = {b.shortcut: b for b in plan.removed_blocks}

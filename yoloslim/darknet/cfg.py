@@ -9,9 +9,9 @@ original only where a value really changed: anchors, comments and unknown keys s
 import os
 import re
 
-from utils.errors import CfgError, DataError
-from utils.io import atomic_write
-from utils.layers import check_section
+from yoloslim.errors import CfgError, DataError
+from yoloslim.io import atomic_write
+from yoloslim.darknet.kinds import check_section
 
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

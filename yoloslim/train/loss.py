@@ -10,7 +10,7 @@ over targets or boxes.
 Units: a head's grid has ``nx`` x ``ny`` cells, so a normalized target scales to grid units by
 (nx, ny) alone. Anchors are given in input pixels; they are divided by the head's stride
 (input size / grid size) to become grid units. The decoding used here is the one
-``YOLOLayer.decode`` uses (utils/layers.py ``decode_boxes``, Darknet's, classic or new_coords=1):
+``YOLOLayer.decode`` uses (yoloslim/darknet/kinds.py ``decode_boxes``, Darknet's, classic or new_coords=1):
 ``xy = sigmoid * scale_x_y - (scale_x_y - 1) / 2`` inside the cell, ``wh = exp * anchor``.
 """
 import math
@@ -18,8 +18,8 @@ import math
 import torch
 import torch.nn as nn
 
-from utils.layers import layer_strides
-from utils.metrics import bbox_iou
+from yoloslim.darknet.kinds import layer_strides
+from yoloslim.eval.metrics import bbox_iou
 
 # Defaults for training from scratch on a small data set: YOLOv5's balance (box 0.05, obj 1.0,
 # cls 0.5), with the loss multiplied by the batch size, so SGD at lr 0.01 works. YOLOv5 also

@@ -1,6 +1,6 @@
 """Deterministic synthetic detection data set ("shapes") in YOLO/Darknet format.
 
-    python -m utils.synthetic --out data/shapes --n-train 2000 --n-val 400 --img-size 320 --seed 0
+    python -m yoloslim.data.synthetic --out data/shapes --n-train 2000 --n-val 400 --img-size 320 --seed 0
 
 Five object classes (circle, square, triangle, cross, star) are drawn on cluttered
 backgrounds: gradients, soft noise blobs, random lines and distractor shapes that belong
@@ -20,7 +20,7 @@ Layout written under --out:
                                       (e.g. 'images/train/000000.jpg')
     shapes.names                      one class name per line
     shapes.data                       classes/train/valid/names, paths relative to the .data
-                                      file's folder (utils.parse_config.parse_data_cfg resolves them)
+                                      file's folder (yoloslim.darknet.cfg.parse_data_cfg resolves them)
     meta.json                         the generation parameters; written last, it marks a
                                       complete set, so a rerun with the same parameters is a no-op
 """
@@ -34,8 +34,8 @@ import time
 import cv2
 import numpy as np
 
-from utils.errors import cli_main
-from utils.io import atomic_write
+from yoloslim.errors import cli_main
+from yoloslim.io import atomic_write
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "star")
 GENERATOR_VERSION = 1  # bump when the drawing code changes so cached sets are rebuilt
@@ -386,7 +386,7 @@ def make_progress(total, enabled):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m utils.synthetic",
+    p = argparse.ArgumentParser(prog="python -m yoloslim.data.synthetic",
                                 description="Write a deterministic synthetic shapes detection set "
                                             "(YOLO format, 5 classes: " + ", ".join(CLASS_NAMES) + ").")
     p.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")

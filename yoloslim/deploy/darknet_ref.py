@@ -73,7 +73,7 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
     ``thresh`` is Darknet's objectness threshold for candidate boxes, ``nms`` its NMS IoU
     (0 = no NMS). Raises SlimError with one line when Darknet is missing or refuses the files.
     """
-    from utils.errors import SlimError
+    from yoloslim.errors import SlimError
     missing = darknet_missing()
     if missing:
         raise SlimError(missing)
@@ -134,13 +134,13 @@ def with_darknet_bn(model):
 
 
 def darknet_difference(model, run, x):
-    """Largest scaled difference (utils.parity) between ``model`` on ``x`` (1x3xHxW) and a DarknetRun.
+    """Largest scaled difference (yoloslim.deploy.parity) between ``model`` on ``x`` (1x3xHxW) and a DarknetRun.
 
     The model is compared in Darknet's BN arithmetic (``with_darknet_bn``), every head
     relative to its magnitude; w and h relative to their value as well.
     """
     import torch
-    from utils.parity import scaled_difference
+    from yoloslim.deploy.parity import scaled_difference
     twin = with_darknet_bn(model).eval()
     with torch.no_grad():
         raw = twin.forward_raw(torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(1, 3, *np.shape(x)[-2:]))

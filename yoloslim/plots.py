@@ -11,7 +11,7 @@ def pyplot():
 
 def save_png(fig, path):
     """Write ``fig`` to ``path`` (whole or not at all) and free it."""
-    from utils.io import atomic_write
+    from yoloslim.io import atomic_write
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     pyplot().close(fig)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 from models import Darknet, load_checkpoint, read_weights_file
-from utils.errors import WeightsError
-from utils.io import is_torch_file
-from utils.loss import init_head_biases
-from utils.parse_config import parse_cfg_text, parse_model_cfg
+from yoloslim.errors import WeightsError
+from yoloslim.io import is_torch_file
+from yoloslim.train.loss import init_head_biases
+from yoloslim.darknet.cfg import parse_cfg_text, parse_model_cfg
 
 
 @dataclass

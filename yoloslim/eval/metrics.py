@@ -109,7 +109,7 @@ def clip_coords(boxes, shape):
 def scale_coords(img1_shape, coords, img0_shape, ratio_pad=None):
     """Map xyxy boxes from a letterboxed image (img1_shape) back to the original (img0_shape).
 
-    ``ratio_pad`` = (ratio, (dw, dh)) as returned by ``utils.datasets.letterbox``; when left
+    ``ratio_pad`` = (ratio, (dw, dh)) as returned by ``yoloslim.data.datasets.letterbox``; when left
     out it is recomputed the same way letterbox does (square or (h, w) target, centred pad).
     """
     if ratio_pad is None:

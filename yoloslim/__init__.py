@@ -1,0 +1,1 @@
+"""yolo-slim: network slimming for Darknet YOLO models, as a library in named parts."""

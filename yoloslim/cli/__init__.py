@@ -1,0 +1,1 @@
+"""What the command lines share: argument and input checks, the prune front end."""

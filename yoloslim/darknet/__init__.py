@@ -1,0 +1,1 @@
+"""The Darknet format: .cfg text and sections, the table of layer kinds."""

@@ -1,0 +1,1 @@
+"""Data: image/label loading, the synthetic data set, k-means anchors."""

@@ -1,0 +1,1 @@
+"""Evaluation: P / R / mAP and the label-free agreement score."""

@@ -1,0 +1,1 @@
+"""The staged, cached pipeline behind slim.py and the benchmarks."""

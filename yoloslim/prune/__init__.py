@@ -1,0 +1,1 @@
+"""The pruning engine: graph analysis, policies and plans, surgery, the written pair, reports."""

@@ -1,0 +1,1 @@
+"""Training parts: loss, BN sparsity, distillation, transfer of pretrained weights, EMA."""
