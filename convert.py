@@ -14,7 +14,8 @@ have no ``.weights`` extension). Outputs are written atomically and never over a
 """
 import os
 
-from models import Darknet, load_weights, model_from_checkpoint, save_checkpoint
+from yoloslim.darknet.load import load_any
+from yoloslim.darknet.weights import save_checkpoint
 from yoloslim.cli import checks
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import is_torch_file, refuse_overwrite
@@ -31,11 +32,7 @@ def build_model(cfg, weights, cutoff=None):
     """The model the input describes: from --cfg when given, else from the cfg inside our checkpoint."""
     if cfg:
         checks.check_cfg(cfg)
-        model = Darknet(cfg)
-        return load_weights(model, weights, cutoff if not is_torch_file(weights) else None)
-    if not is_torch_file(weights):
-        raise SlimError(f"{weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
-    return model_from_checkpoint(weights)
+    return load_any(cfg, weights, cutoff=cutoff)
 
 
 def convert(cfg, weights, out, cutoff=None):

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from models import load_model, model_from_checkpoint
+from yoloslim.darknet.load import load_any, net_width
 from yoloslim.data.datasets import LoadImages, check_image_file, letterbox, make_divisible, read_image, to_tensor
 from yoloslim.errors import SlimError, WeightsError, cli_main
 from yoloslim.cli import checks
@@ -35,13 +35,7 @@ def load_detector(cfg, weights, img_size=416, backend="torch"):
                             f"write one with convert.py")
         from yoloslim.deploy.opencv_dnn import read_net
         return read_net(cfg, weights)
-    if cfg:
-        model = load_model(cfg, weights, img_size)
-    elif is_torch_file(weights):
-        model = model_from_checkpoint(weights, img_size)
-    else:
-        raise WeightsError(f"{weights}: a Darknet weights file needs its --cfg (only our .pt files carry one)")
-    return model.eval()
+    return load_any(cfg, weights, img_size).eval()
 
 
 def predict(model_or_net, img):
@@ -166,7 +160,7 @@ def validate_inputs(args, img_size):
 
 
 def run(args):
-    img_size = make_divisible(args.img_size)
+    img_size = make_divisible(args.img_size) if args.img_size else net_width(args.cfg, args.weights)
     names, images = validate_inputs(args, img_size)
     detector = load_detector(args.cfg, args.weights, img_size, args.backend)
     if names and isinstance(detector, torch.nn.Module) and len(names) != detector.nc:
@@ -206,8 +200,7 @@ def parse_args(argv=None):
     p.add_argument("--source", required=True, help="an image, a folder of images or a glob pattern")
     p.add_argument("--names", default=None, type=checks.input_file,
                    help=".names file for class labels (default: class numbers)")
-    p.add_argument("--img-size", type=checks.img_size, default=416,
-                   help="network input size, rounded up to a multiple of 32 (default 416)")
+    checks.add_img_size(p)
     p.add_argument("--conf-thres", type=checks.fraction, default=0.25,
                    help="minimum obj*class confidence, in [0, 1] (default 0.25)")
     p.add_argument("--iou-thres", type=checks.fraction, default=0.45, help="NMS IoU threshold, in [0, 1] (default 0.45)")

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import torch
 
-from models import load_model
+from yoloslim.darknet.load import load_model
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.cli import checks
 from yoloslim.io import atomic_write, refuse_overwrite

@@ -6,7 +6,7 @@
 Default (``--model tiny``): fetches the real COCO yolov3-tiny once (cached under weights/),
 derives a cfg for the built-in synthetic data set (its class count, anchors from k-means on
 its boxes), fine-tunes the COCO weights on it (partial loading: backbone loaded, heads
-re-initialised) with L1 sparsity on the BN gammas the tiny policy prunes (``--prune 2``; a
+re-initialised) with L1 sparsity on the BN gammas the tiny policy prunes (``prune="tiny"``; a
 separate sparsity stage with ``--sparse-epochs N``), prunes it with the tiny policy,
 fine-tunes the pruned model with distillation from the unpruned one, writes the pruned .cfg
 and .weights and checks them in OpenCV DNN and, where installed, the original Darknet. Each training stage is cached in the
@@ -21,10 +21,12 @@ import sys
 import time
 
 from yoloslim.cli import checks
+from yoloslim.darknet.load import load_model
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write
 from yoloslim.pipeline.stages import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
+from yoloslim.train.config import TrainConfig
 
 # Targets of the main job (issue 9), checked and printed in the report.
 TARGETS = {"base_mAP50": 0.6, "params_cut": 0.5, "opencv_speedup": 1.5, "max_mAP_drop": 0.01, "minutes": 15}
@@ -32,9 +34,9 @@ TARGETS = {"base_mAP50": 0.6, "params_cut": 0.5, "opencv_speedup": 1.5, "max_mAP
 MODELS = {   # what differs between the two main jobs; everything else is shared
     # measured in docs/TRAINING.md: the L1 penalty during the 26-epoch transfer fine-tune
     # (--sparse-epochs 0) collapses the spare channels without the cost of a separate stage
-    "tiny": dict(policy="tiny", prune=2, method="tiny", percent=0.35, epochs=26, sparse_epochs=0,
+    "tiny": dict(policy="tiny", method="tiny", percent=0.35, epochs=26, sparse_epochs=0,
                  finetune_epochs=4, s=0.002, lr0=0.003),
-    "narrow": dict(policy="shortcut", prune=1, method="shortcut", percent=0.7, epochs=10, sparse_epochs=8,
+    "narrow": dict(policy="shortcut", method="shortcut", percent=0.7, epochs=10, sparse_epochs=8,
                    finetune_epochs=4, s=0.02, lr0=0.003),
 }
 
@@ -84,7 +86,7 @@ def starting_point(args, data):
     """(cfg, weights) to train from: the COCO tiny adapted to the data set, or the narrow cfg."""
     if args.model == "narrow":
         return args.cfg or "cfg/yolov3-narrow.cfg", None
-    from scripts.fetch_tiny import fetch_tiny
+    from yoloslim.zoo.coco_tiny import fetch_tiny
     from yoloslim.darknet.cfg import parse_data_cfg
     coco = fetch_tiny()
     options = parse_data_cfg(data)
@@ -127,10 +129,8 @@ def main(argv=None):
         raise SlimError(f"--out {args.out}: choose a run folder, not the repository root")
     os.makedirs(args.out, exist_ok=True)
     spec = MODELS[args.model]
-    common = dict(img_size=args.img_size, batch_size=args.batch_size)
-    optim = ["--adam", "--lr0", args.lr0, "--eval-interval", 100]
-    if args.threads:
-        optim += ["--threads", args.threads]
+    common = dict(img_size=args.img_size, batch_size=args.batch_size, optimizer="adam", lr0=args.lr0,
+                  eval_interval=100, threads=args.threads)
 
     stage("1/6 synthetic data set and starting point")
     data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
@@ -139,20 +139,21 @@ def main(argv=None):
     # --sparse-epochs 0: the L1 penalty rides along the transfer fine-tune (cosine LR), so the
     # model that is pruned is the one that was trained, with no separate stage to pay for
     during = args.sparse_epochs == 0
-    sparsity = ["-sr", "--s", args.s, "--prune", spec["prune"], "--sr-schedule", "constant"]
+    sparsity = dict(sr=True, s=args.s, prune=spec["policy"], sr_schedule="constant")
     stage("2/6 " + ("fine-tune the COCO weights" if weights else "train from scratch")
           + (" with L1 sparsity on BN gamma" if during else ""))
-    base = run_training(os.path.join(args.out, "train"), cfg, data, args.epochs, weights=weights,
-                        extra=optim + (sparsity + ["--lrf", 0.05] if during else []), **common)
+    base = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs,
+                                    out=os.path.join(args.out, "train"),
+                                    **common, **(dict(sparsity, lrf=0.05) if during else {})))
 
     if during:
         stage("3/6 sparsity training: done in stage 2 (--sparse-epochs 0)")
         sparse, sparse_dir = base, os.path.join(args.out, "train")
     else:
-        stage(f"3/6 sparsity training (L1 on BN gamma, --prune {spec['prune']})")
+        stage(f"3/6 sparsity training (L1 on BN gamma, the gammas the {spec['policy']} policy prunes)")
         sparse_dir = os.path.join(args.out, "sparse")
-        sparse = run_training(sparse_dir, None, data, args.sparse_epochs, weights=base["last"],
-                              extra=optim + sparsity + ["--lrf", 1.0, "--warmup-epochs", 0], **common)
+        sparse = run_training(TrainConfig(data, weights=base["last"], epochs=args.sparse_epochs, out=sparse_dir,
+                                          lrf=1.0, warmup_epochs=0, **common, **sparsity))
 
     stage(f"4/6 prune ({spec['method']}, percent {args.percent})")
     method = Method(spec["method"], spec["policy"], args.percent, layer_keep=args.layer_keep)
@@ -163,12 +164,11 @@ def main(argv=None):
         f.write(model.cfg_text())
 
     stage("5/6 fine-tune the pruned model with distillation from the unpruned one")
-    tuned = run_training(os.path.join(args.out, "finetune"), pruned_cfg, data, args.finetune_epochs,
-                         weights=pruned_weights,
-                         extra=optim + ["--t_cfg", original_cfg, "--t_weights", sparse["last"]], **common)
+    tuned = run_training(TrainConfig(data, cfg=pruned_cfg, weights=pruned_weights, epochs=args.finetune_epochs,
+                                     out=os.path.join(args.out, "finetune"), t_cfg=original_cfg,
+                                     t_weights=sparse["last"], **common))
 
     stage("6/6 deploy checks and measurements")
-    from models import load_model
     final = load_model(pruned_cfg, tuned["last"], args.img_size).eval()
     final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned")
     diffs = deploy_checks(final, final_cfg, final_weights, args.img_size)

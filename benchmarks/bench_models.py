@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from yoloslim.pipeline.stages import Method, derive_cfg, measure, prune_checkpoint, run_parallel, run_training, save_pruned
+from yoloslim.train.config import TrainConfig
 
 IMG_SIZE = 160
 BATCH_SIZE = 8
@@ -51,7 +52,7 @@ class ModelSpec:
 MODELS = {
     "tiny": ModelSpec(
         "tiny", "yolov3-tiny, fine-tuned from the real COCO weights", "coco-tiny", "coco-tiny",
-        epochs=26, s=0.002, prune=2, lrf=0.05,
+        epochs=26, s=0.002, prune="tiny", lrf=0.05,
         methods=[Method("tiny (= normal)", "tiny", 0.35, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.35, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.35, layer_keep=0.05),
@@ -60,7 +61,7 @@ MODELS = {
         notes=["tiny and normal are one policy on a model without shortcuts: one row"]),
     "narrow": ModelSpec(
         "narrow", "narrow residual yolov3, from scratch", "cfg/yolov3-narrow.cfg", "scratch",
-        epochs=60, s=0.002, prune=1, lrf=1.0,
+        epochs=60, s=0.002, prune="shortcut", lrf=1.0,
         methods=[Method("normal", "normal", 0.8, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.8, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.8, layer_keep=0.05),
@@ -71,7 +72,7 @@ MODELS = {
         notes=["layer+channel removes 2 whole residual blocks before pruning channels"]),
     "yolov4-tiny": ModelSpec(
         "yolov4-tiny", "yolov4-tiny, from scratch", "cfg/yolov4-tiny.cfg", "scratch",
-        epochs=60, s=0.002, prune=1, lrf=1.0,
+        epochs=60, s=0.002, prune="shortcut", lrf=1.0,
         methods=[Method("normal", "normal", 0.7, layer_keep=0.05),
                  Method("regular 2^n", "regular-pow2", 0.7, layer_keep=0.05),
                  Method("regular x8", "regular-x8", 0.7, layer_keep=0.05),
@@ -115,15 +116,16 @@ def finetune_lr0(lrf):
     return LR0 * lrf
 
 
-def stage_extra(args, more=(), lr0=LR0):
-    extra = ["--lr0", lr0, "--eval-interval", 1000, *more]
-    return extra + ["--threads", worker_threads(args)]
+def stage_config(args, data, out, epochs, weights, cfg=None, lr0=LR0, **more):
+    """A benchmark training stage: Adam at ``lr0``, evaluated at its end only, quiet."""
+    return TrainConfig(data, cfg=cfg, weights=weights, epochs=epochs, img_size=IMG_SIZE, batch_size=BATCH_SIZE,
+                       out=out, lr0=lr0, eval_interval=1000, threads=worker_threads(args), quiet=True, **more)
 
 
 def starting_weights(spec):
     """(source cfg, initial weights) of a spec."""
     if spec.start == "coco-tiny":
-        from scripts.fetch_tiny import fetch_tiny
+        from yoloslim.zoo.coco_tiny import fetch_tiny
         coco = fetch_tiny()
         return coco["cfg"], coco["weights"]
     return spec.cfg, None
@@ -131,8 +133,8 @@ def starting_weights(spec):
 
 def train_models(args, specs, data):
     """Every spec's sparsity training, ``args.jobs`` stages at a time; {name: Trained}."""
-    from models import load_model
-    from yoloslim.prune.graph import sparsity_layers
+    from yoloslim.darknet.load import load_model
+    from yoloslim.train.sparsity import policy_layers as sparsity_layers
     from yoloslim.train.sparsity import gamma_values
     jobs, start_gammas = [], {}
     for spec in specs:
@@ -141,16 +143,17 @@ def train_models(args, specs, data):
         cfg, _ = derive_cfg(src_cfg, data, IMG_SIZE, os.path.join(work, f"{spec.name}-data.cfg"))
         start = load_model(src_cfg, weights, IMG_SIZE) if weights else load_model(cfg, None, IMG_SIZE)
         start_gammas[spec.name] = gamma_values(start, sparsity_layers(start.module_defs, spec.prune))
-        sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant", "--lrf", spec.lrf]
-        jobs.append(dict(out=os.path.join(work, "train"), cfg=cfg, data=data,
-                         epochs=args.settings.get("epochs", spec.epochs), img_size=IMG_SIZE,
-                         batch_size=BATCH_SIZE, weights=weights, extra=stage_extra(args, sparsity), quiet=True))
+        config = stage_config(args, data, os.path.join(work, "train"), args.settings.get("epochs", spec.epochs),
+                              weights, cfg=cfg, sr=True, s=spec.s, prune=spec.prune, sr_schedule="constant",
+                              lrf=spec.lrf)
+        jobs.append(dict(config=config))
     # longest first (by epochs), so the short stage fills the gap at the end rather than leaving one
-    order = sorted(range(len(specs)), key=lambda i: -jobs[i]["epochs"])
+    order = sorted(range(len(specs)), key=lambda i: -jobs[i]["config"].epochs)
     specs, jobs = [specs[i] for i in order], [jobs[i] for i in order]
     print(f"training {', '.join(s.name for s in specs)} ({args.jobs} at a time)", flush=True)
-    results = run_parallel(run_training, jobs, args.jobs, name=lambda job: job["out"], threads=worker_threads(args))
-    return {spec.name: trained_model(job["out"], result, start_gammas[spec.name])
+    results = run_parallel(run_training, jobs, args.jobs, name=lambda job: job["config"].out,
+                           threads=worker_threads(args))
+    return {spec.name: trained_model(job["config"].out, result, start_gammas[spec.name])
             for spec, job, result in zip(specs, jobs, results)}
 
 
@@ -208,7 +211,7 @@ def prune_method(args, spec, trained, method, data):
 def prune_model(args, spec, trained, data):
     """Every method of a spec, pruned and timed (one at a time: latency wants an idle machine);
     returns what the report needs, less the fine-tuned scores (``finetune_models``)."""
-    from yoloslim.prune.graph import sparsity_layers
+    from yoloslim.train.sparsity import policy_layers as sparsity_layers
     from yoloslim.train.sparsity import gamma_stats, gamma_values, log_histograms
     print(f"\n=== {spec.title} ===", flush=True)
     layers = sparsity_layers(trained.model.module_defs, spec.prune)
@@ -258,11 +261,11 @@ def finetune_models(args, results, data):
 def finetune_and_score(args, folder, pair, data, teacher, distill, lr0):
     """Fine-tune a pruned pair (distilled from the unpruned ``teacher`` (cfg, checkpoint) or not),
     then its mAP@0.5 and its agreement with the teacher. Runs in a worker process."""
-    from models import load_model, model_from_checkpoint
+    from yoloslim.darknet.load import load_model, model_from_checkpoint
     from yoloslim.eval.agreement import agreement
-    extra = ["--t_cfg", teacher[0], "--t_weights", teacher[1]] if distill else []
-    result = run_training(folder, pair[0], data, args.settings.get("finetune_epochs", FINETUNE_EPOCHS), IMG_SIZE,
-                          BATCH_SIZE, weights=pair[1], extra=stage_extra(args, extra, lr0), quiet=True)
+    distillation = dict(t_cfg=teacher[0], t_weights=teacher[1]) if distill else {}
+    result = run_training(stage_config(args, data, folder, args.settings.get("finetune_epochs", FINETUNE_EPOCHS),
+                                       pair[1], cfg=pair[0], lr0=lr0, **distillation))
     tuned = load_model(pair[0], result["last"], IMG_SIZE)
     reference = model_from_checkpoint(teacher[1]).eval()
     return {"mAP50": measure(tuned, data, IMG_SIZE, runs=0)["mAP50"], "checkpoint": result["last"],

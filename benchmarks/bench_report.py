@@ -1,7 +1,7 @@
 """BENCHMARKS.md and its figures, from the results dict that run_benchmarks.py builds."""
 import os
 
-from benchmarks.bench_models import FINETUNE_EPOCHS, IMG_SIZE, LR0, SPEED_PER_FLOP, finetune_lr0
+from bench_models import FINETUNE_EPOCHS, IMG_SIZE, LR0, SPEED_PER_FLOP, finetune_lr0
 from yoloslim.io import atomic_write
 from yoloslim.pipeline.stages import machine_line, markdown_table
 from yoloslim.plots import pyplot, save_png

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.bench_models import BATCH_SIZE, FINETUNE_EPOCHS, IMG_SIZE, finetune_lr0, stage_extra
+from bench_models import FINETUNE_EPOCHS, IMG_SIZE, finetune_lr0, stage_config
 from yoloslim.pipeline.stages import Method, measure, prune_checkpoint, run_training, save_pruned
 
 
@@ -42,20 +42,20 @@ def iterative_vs_oneshot(args, spec, result, data, cycles=2):
     sparsity penalty kept on between cycles (so the next cut again finds collapsed channels)
     and distillation from the unpruned model throughout.
     """
-    from models import load_model
+    from yoloslim.darknet.load import load_model
     one = main_row(result)
     method = next(m for m in spec.methods if m.name == one["method"])
     step = 1 - (1 - method.percent) ** (1 / cycles)
     epochs = max(1, args.settings.get("finetune_epochs", FINETUNE_EPOCHS) // cycles)
     work = os.path.join(args.work, spec.name, "iterative")
-    teacher = ["--t_cfg", result["pair"][0], "--t_weights", result["checkpoint"]]
+    teacher = dict(t_cfg=result["pair"][0], t_weights=result["checkpoint"])
     weights, history = result["checkpoint"], []
     for k in range(cycles):
         _, compact, _ = prune_checkpoint(weights, Method("iter", method.policy, step, layer_keep=method.layer_keep))
         cfg, w = save_pruned(compact, os.path.join(work, f"cycle{k + 1}"), f"cycle{k + 1}")
-        sparsity = ["-sr", "--s", spec.s, "--prune", spec.prune, "--sr-schedule", "constant"] if k < cycles - 1 else []
-        tuned = run_training(os.path.join(work, f"cycle{k + 1}-ft"), cfg, data, epochs, IMG_SIZE, BATCH_SIZE,
-                             weights=w, extra=stage_extra(args, teacher + sparsity, finetune_lr0(spec.lrf)), quiet=True)
+        sparsity = dict(sr=True, s=spec.s, prune=spec.prune, sr_schedule="constant") if k < cycles - 1 else {}
+        tuned = run_training(stage_config(args, data, os.path.join(work, f"cycle{k + 1}-ft"), epochs, w, cfg=cfg,
+                                          lr0=finetune_lr0(spec.lrf), **teacher, **sparsity))
         history.append({"cycle": k + 1, "params": sum(p.numel() for p in compact.parameters()),
                         "mAP50_pruned": measure(compact, data, IMG_SIZE, runs=0)["mAP50"],
                         "mAP50_tuned": tuned.get("mAP50")})
@@ -71,7 +71,7 @@ def iterative_vs_oneshot(args, spec, result, data, cycles=2):
 def input_size_study(args, spec, result, data):
     """The unpruned model and the main method's fine-tuned model at several input sizes (trained
     at IMG_SIZE): accuracy, FLOPs and latency, to see what a smaller input buys after pruning."""
-    from models import load_model
+    from yoloslim.darknet.load import load_model
     from yoloslim.prune.engine import write_pruned
     row = main_row(result)
     folder = os.path.join(args.work, spec.name, "input-size")

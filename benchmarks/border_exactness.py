@@ -24,16 +24,15 @@ import copy
 import glob
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import Darknet, load_model  # noqa: E402
+from yoloslim.darknet.model import Darknet  # noqa: E402
+from yoloslim.darknet.load import load_model  # noqa: E402
 from yoloslim.deploy.darknet_ref import darknet_layout  # noqa: E402
 from yoloslim.data.datasets import letterbox, read_image, to_tensor  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402

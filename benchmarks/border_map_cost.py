@@ -18,10 +18,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import model_from_checkpoint  # noqa: E402
-from test import evaluate  # noqa: E402
+from yoloslim.darknet.load import model_from_checkpoint  # noqa: E402
+from yoloslim.eval.evaluate import evaluate  # noqa: E402
 from yoloslim.cli import checks  # noqa: E402
 from yoloslim.errors import cli_main  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402

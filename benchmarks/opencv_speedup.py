@@ -9,12 +9,10 @@ hits both alike; prints the median (and 25th percentile) batch-1 latency of each
 import argparse
 import os
 import statistics
-import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from yoloslim.deploy.opencv_dnn import read_net  # noqa: E402
 from yoloslim.deploy.measure import interleaved_ms, opencv_forward  # noqa: E402

@@ -21,13 +21,12 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
-from benchmarks.bench_models import (MODELS, finetune_models, prune_model, quick_settings,  # noqa: E402
+from bench_models import (MODELS, finetune_models, prune_model, quick_settings,  # noqa: E402
                                      train_models, worker_threads)
-from benchmarks.bench_report import write_figures, write_report  # noqa: E402
-from benchmarks.bench_studies import input_size_study, iterative_vs_oneshot, ratio_sweep, surgery_times  # noqa: E402
+from bench_report import write_figures, write_report  # noqa: E402
+from bench_studies import input_size_study, iterative_vs_oneshot, ratio_sweep, surgery_times  # noqa: E402
 from yoloslim.cli import checks  # noqa: E402
 from yoloslim.errors import cli_main  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402

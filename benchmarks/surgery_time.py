@@ -9,14 +9,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import Darknet  # noqa: E402
+from yoloslim.darknet.model import Darknet  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402
 from yoloslim.pipeline.stages import machine_line  # noqa: E402
 from yoloslim.prune.graph import analyze  # noqa: E402

@@ -10,28 +10,27 @@ other row changes one thing. Runs are cached under --work by their arguments (yo
 """
 import argparse
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.chdir(ROOT)
 
 from yoloslim.pipeline.stages import ensure_data, machine_line, markdown_table, run_training  # noqa: E402
+from yoloslim.train.config import TrainConfig  # noqa: E402
 
 # name -> (what changes, extra train.py arguments on top of the baseline)
 VARIANTS = {
-    "baseline": ("Adam lr0 0.003, cosine to 0.05, warm-up 1 epoch, EMA 0.999, head prior, batch 16", []),
-    "sgd-0.01": ("SGD lr0 0.01 (the old default)", ["--optimizer", "sgd", "--lr0", "0.01"]),
-    "no-ema": ("no weight EMA", ["--ema", "0"]),
-    "no-prior": ("heads at zero-mean init (no prior)", ["--no-head-prior"]),
-    "mosaic": ("mosaic 0.5", ["--hyp", "mosaic=0.5"]),
-    "multi-scale": ("multi-scale 2/3-4/3", ["--multi-scale"]),
-    "no-warmup": ("no warm-up", ["--warmup-epochs", "0"]),
-    "constant-lr": ("constant LR (lrf 1.0)", ["--lrf", "1.0"]),
-    "batch-8": ("batch 8", ["--batch-size", "8"]),
-    "adam-0.001": ("Adam lr0 0.001", ["--lr0", "0.001"]),
-    "light-aug": ("scale 0.2, no HSV", ["--hyp", "scale=0.2", "hsv_h=0", "hsv_s=0", "hsv_v=0"]),
+    "baseline": ("Adam lr0 0.003, cosine to 0.05, warm-up 1 epoch, EMA 0.999, head prior, batch 16", {}),
+    "sgd-0.01": ("SGD lr0 0.01 (the old default)", dict(optimizer="sgd", lr0=0.01)),
+    "no-ema": ("no weight EMA", dict(ema=0)),
+    "no-prior": ("heads at zero-mean init (no prior)", dict(no_head_prior=True)),
+    "mosaic": ("mosaic 0.5", dict(hyp=["mosaic=0.5"])),
+    "multi-scale": ("multi-scale 2/3-4/3", dict(multi_scale=True)),
+    "no-warmup": ("no warm-up", dict(warmup_epochs=0)),
+    "constant-lr": ("constant LR (lrf 1.0)", dict(lrf=1.0)),
+    "batch-8": ("batch 8", dict(batch_size=8)),
+    "adam-0.001": ("Adam lr0 0.001", dict(lr0=0.001)),
+    "light-aug": ("scale 0.2, no HSV", dict(hyp=["scale=0.2", "hsv_h=0", "hsv_s=0", "hsv_v=0"])),
 }
 
 
@@ -49,22 +48,17 @@ def parse_args():
 
 
 def run_variant(args, name, data, cfg, weights):
-    extra = ["--seed", "0", "--eval-interval", 100, "--threads", args.threads, "--adam", "--lr0", "0.003",
-             *VARIANTS[name][1]]
-    batch = 16
-    if "--batch-size" in extra:
-        i = extra.index("--batch-size")
-        batch = int(extra.pop(i + 1))
-        extra.pop(i)
+    options = dict(seed=0, eval_interval=100, threads=args.threads, optimizer="adam", lr0=0.003, batch_size=16)
+    options.update(VARIANTS[name][1])
     t0 = time.time()
-    result = run_training(os.path.join(args.work, name), cfg, data, args.epochs, args.img_size, batch,
-                          weights=weights, extra=extra, quiet=True)
+    result = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs, img_size=args.img_size,
+                                      out=os.path.join(args.work, name), quiet=True, **options))
     return result, time.time() - t0
 
 
 def main():
     args = parse_args()
-    from scripts.fetch_tiny import fetch_tiny
+    from yoloslim.zoo.coco_tiny import fetch_tiny
     from yoloslim.darknet.cfg import parse_data_cfg, write_model_cfg
     from yoloslim.train.transfer import cfg_for_data
     from yoloslim.data.anchors import kmeans_anchors, label_sizes

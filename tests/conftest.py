@@ -1,11 +1,8 @@
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 CFG_DIR = os.path.join(ROOT, "cfg")
 
@@ -22,7 +19,7 @@ def cfg_path(name):
 @pytest.fixture(scope="session")
 def coco_tiny():
     """The real COCO yolov3-tiny (cfg, weights, names), fetched once and cached under weights/."""
-    from scripts.fetch_tiny import fetch_tiny
+    from yoloslim.zoo.coco_tiny import fetch_tiny
     return fetch_tiny(os.path.join(ROOT, "weights"))
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from models import load_model
+from yoloslim.darknet.load import load_model
 from yoloslim.eval.agreement import agreement
 from conftest import HANG_LIMIT
 

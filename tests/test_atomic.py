@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from yoloslim.errors import SlimError  # noqa: E402
 from yoloslim.io import atomic_write, refuse_overwrite  # noqa: E402
@@ -34,7 +33,6 @@ CHUNK = 1 << 20
 # sleep per chunk stands in for a slow disk, so a write lasts long enough to be interrupted.
 WRITER = textwrap.dedent(f"""
     import sys, time
-    sys.path.insert(0, {ROOT!r})
     from yoloslim.io import atomic_write
     path = sys.argv[1]
     for k in range(int(sys.argv[2]), 10 ** 6):
@@ -121,11 +119,10 @@ def test_sigkill_during_atomic_write_keeps_the_previous_file(tmp_path, delay):
     assert sorted(os.listdir(tmp_path)) == sorted(["big.weights"] + [os.path.basename(p) for p in temp_leftovers(target)])
 
 
-SAVER = textwrap.dedent(f"""
+SAVER = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {ROOT!r})
     import torch
-    from models import Darknet
+    from yoloslim.darknet.model import Darknet
     torch.set_num_threads(1)
     model = Darknet.without_init(sys.argv[1])
     for k in range(1, 10 ** 6):
@@ -145,7 +142,7 @@ SAVER = textwrap.dedent(f"""
 
 def test_sigkill_during_save_darknet_weights_leaves_a_loadable_file(tmp_path):
     """Real weights of a 35 MB model: after the kill the file loads and is one complete save."""
-    from models import Darknet
+    from yoloslim.darknet.model import Darknet
     cfg, target = os.path.join(ROOT, "cfg", "yolov3-tiny.cfg"), str(tmp_path / "tiny.weights")
     proc = start(SAVER, cfg, target)
     try:
@@ -198,7 +195,7 @@ def test_refuse_overwrite(tmp_path):
 
 def test_save_darknet_weights_is_atomic_on_error(tmp_path):
     """An exception while the bytes are produced leaves the old weights file untouched."""
-    from models import Darknet
+    from yoloslim.darknet.model import Darknet
     model = Darknet(os.path.join(ROOT, "cfg", "yolov3-tiny-5cls.cfg"))
     target = str(tmp_path / "m.weights")
     model.save_darknet_weights(target)

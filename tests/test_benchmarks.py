@@ -90,7 +90,7 @@ def test_report_only_refuses_results_from_another_version_in_one_line(tmp_path):
 
 
 def test_each_target_is_judged_from_its_measured_value():
-    from benchmarks.bench_report import judge
+    from bench_report import judge
     original = {"params": 100, "GFLOPs": 2.0, "mAP50": 0.6}
     targets = {"params_cut": 0.5, "speedup": 1.5, "max_drop": 0.01}
     good = {"params": 40, "GFLOPs": 1.0, "opencv_ms_original": 10.0, "opencv_ms": 5.0,

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import Darknet, save_checkpoint  # noqa: E402
+from yoloslim.darknet.model import Darknet  # noqa: E402
+from yoloslim.darknet.weights import save_checkpoint  # noqa: E402
 from conftest import HANG_LIMIT
 
 TINY_CFG = os.path.join(ROOT, "cfg", "yolov3-tiny-5cls.cfg")
@@ -442,7 +442,7 @@ def odd_names(ws, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["model.pth", "model.ckpt", "model.bin", "darknet.pt"])
 def test_checkpoint_recognised_by_content_in_every_loader(ws, odd_names, name, tmp_path):
-    from models import load_model, model_from_checkpoint
+    from yoloslim.darknet.load import load_model, model_from_checkpoint
     path = odd_names[name]
     reference = load_model(ws["cfg"], ws["weights"])
     model = load_model(ws["cfg"], path)
@@ -476,10 +476,11 @@ def shapes(tmp_path_factory):
 
 def test_resume_with_more_epochs_extends_and_ctrl_c_prints_the_command(shapes, tmp_path, capsys, monkeypatch):
     import train
+    from yoloslim.train.trainer import Trainer
     out = str(tmp_path / "run")
     argv = ["--cfg", TINY_CFG, "--data", shapes, "--img-size", "64", "--batch-size", "2", "--workers", "0",
             "--out", out, "--quiet", "--epochs", "2", "--threads", "1"]
-    step, calls = train.Trainer.step, []
+    step, calls = Trainer.step, []
 
     def step_then_ctrl_c(self, *a):   # a real SIGINT through the real handler, after the first batch
         result = step(self, *a)
@@ -488,13 +489,13 @@ def test_resume_with_more_epochs_extends_and_ctrl_c_prints_the_command(shapes, t
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(train.Trainer, "step", step_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv)
     message = capsys.readouterr().err
     command_line = re.search(r"to continue this run: (.*)", message).group(1)
     assert command_line.split()[2:] == ["--data", shapes, "--out", out, "--resume"]
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
 
     train.main(command_line.split()[2:])                        # the printed command finishes the 2 epochs
     assert load_epoch(out) == 2
@@ -507,5 +508,5 @@ def test_resume_with_more_epochs_extends_and_ctrl_c_prints_the_command(shapes, t
 
 
 def load_epoch(out):
-    from models import load_checkpoint
+    from yoloslim.darknet.weights import load_checkpoint
     return int(load_checkpoint(os.path.join(out, "last.pt"))["epoch"])

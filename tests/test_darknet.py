@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import HANG_LIMIT, ROOT
-from models import load_model
+from yoloslim.darknet.load import load_model
 from yoloslim.deploy.darknet_ref import darknet_difference, run_darknet, run_darknet_many
 from yoloslim.data.datasets import letterbox, read_image, to_tensor
 from yoloslim.errors import SlimError

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import detect  # noqa: E402
 from conftest import HANG_LIMIT

@@ -4,7 +4,7 @@ import torch
 
 from conftest import cfg_path
 from export import export_onnx, onnx_max_difference
-from models import Darknet
+from yoloslim.darknet.model import Darknet
 from yoloslim.prune.engine import POLICIES, prune
 from yoloslim.deploy.measure import randomize_weights
 

@@ -6,7 +6,6 @@ names the file, never a torch/numpy traceback. Hypothesis generates thousands of
 import os
 import random
 import re
-import sys
 import tempfile
 
 import numpy as np
@@ -16,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import Darknet, read_weights_file  # noqa: E402
+from yoloslim.darknet.model import Darknet  # noqa: E402
+from yoloslim.darknet.weights import read_weights_file  # noqa: E402
 from yoloslim.errors import CfgError, SlimError, WeightsError  # noqa: E402
 from yoloslim.darknet.cfg import parse_cfg_text  # noqa: E402
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import Darknet
+from yoloslim.darknet.model import Darknet
 from test_prune import check_written_pair, relative_difference
 from yoloslim.errors import CfgError, PruneError
 from yoloslim.darknet.kinds import Reorg, decode_boxes, layer_strides

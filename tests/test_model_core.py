@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import CFG_DIR, cfg_path
-from models import Darknet, load_model, model_from_checkpoint, save_checkpoint
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.load import load_model, model_from_checkpoint
+from yoloslim.darknet.weights import save_checkpoint
 from yoloslim.errors import CfgError, WeightsError
 from yoloslim.deploy.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
 from yoloslim.deploy.parity import read_back_tolerance

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import cfg_path
-from models import Darknet
+from yoloslim.darknet.model import Darknet
 from yoloslim.deploy.opencv_dnn import max_difference_from_opencv, max_layout_difference, opencv_read_back, random_input
 from yoloslim.deploy.parity import FLOAT32_FACTOR, TOLERANCE, float32_error, read_back_tolerance, scaled_difference, within
 from yoloslim.deploy.measure import randomize_weights

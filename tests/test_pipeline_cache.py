@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from yoloslim.pipeline.stages import run_training
+from yoloslim.pipeline.stages import run_training, stage_key
+from yoloslim.train.config import TrainConfig
 from yoloslim.data.synthetic import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,9 +28,9 @@ def data(tmp_path_factory):
     return str(out / "shapes.data")
 
 
-def stage(out, data, extra, weights=None):
-    return run_training(str(out), None if weights else NARROW, data, 1, img_size=64, batch_size=4,
-                        weights=weights, extra=["--val-max-images", "2", *extra], quiet=True)
+def stage(out, data, options, weights=None):
+    return run_training(TrainConfig(data, cfg=None if weights else NARROW, weights=weights, epochs=1, img_size=64,
+                                    batch_size=4, out=str(out), val_max_images=2, **options), quiet=True)
 
 
 def trained_tensor(out):
@@ -38,58 +39,51 @@ def trained_tensor(out):
 
 def test_changed_argument_or_input_reruns_the_stage(data, tmp_path, capsys):
     base, sparse = tmp_path / "train", tmp_path / "sparse"
-    stage(base, data, ["--lr0", "0.001"])
+    stage(base, data, {"lr0": 0.001})
     first = trained_tensor(base)
-    stage(base, data, ["--lr0", "0.001"])
+    stage(base, data, {"lr0": 0.001})
     assert "[cached]" in capsys.readouterr().out
     assert torch.equal(trained_tensor(base), first)
 
-    stage(base, data, ["--lr0", "0.01"])                      # new argument: retrained, and said why
+    stage(base, data, {"lr0": 0.01})                      # new argument: retrained, and said why
     out = capsys.readouterr().out
     assert "[rerun]" in out and "--lr0 0.001 -> 0.01" in out
     assert not torch.equal(trained_tensor(base), first)
-    assert "0.01" in json.load(open(base / "done.json"))["key"]["argv"]
+    assert json.load(open(base / "done.json"))["key"]["config"]["lr0"] == 0.01
 
-    stage(sparse, data, ["-sr", "--s", "0.01"], weights=str(base / "last.pt"))
+    stage(sparse, data, {"sr": True, "s": 0.01}, weights=str(base / "last.pt"))
     capsys.readouterr()
-    stage(base, data, ["--lr0", "0.003"])                     # the upstream stage retrains ...
+    stage(base, data, {"lr0": 0.003})                     # the upstream stage retrains ...
     capsys.readouterr()
-    stage(sparse, data, ["-sr", "--s", "0.01"], weights=str(base / "last.pt"))
+    stage(sparse, data, {"sr": True, "s": 0.01}, weights=str(base / "last.pt"))
     out = capsys.readouterr().out                             # ... so the stage reading it reruns too
     assert "[rerun]" in out and "last.pt changed" in out
 
 
 def test_unfinished_stage_with_the_same_key_resumes(data, tmp_path, capsys):
     out = tmp_path / "s"
-    stage(out, data, [])
+    stage(out, data, {})
     os.remove(out / "done.json")                              # as if killed before the record was written
     ckpt = torch.load(out / "last.pt", weights_only=True)
     ckpt["epoch"], ckpt["batch"] = 0, 0                       # ... and before the last epoch ended
     torch.save(ckpt, out / "last.pt")
-    stage(out, data, [])
+    stage(out, data, {})
     assert "[resume]" in capsys.readouterr().out
 
 
 def test_finished_stage_without_its_record_is_trained_again(data, tmp_path, capsys):
     out = tmp_path / "s"
-    stage(out, data, [])
+    stage(out, data, {})
     os.remove(out / "done.json")                              # killed between the last checkpoint and the record
-    result = stage(out, data, [])
+    result = stage(out, data, {})
     assert "the run finished but its result was never recorded" in capsys.readouterr().out
     assert os.path.isfile(out / "done.json") and "mAP50" in result
 
 
-def test_changed_default_reruns_even_with_the_same_command_line(data, tmp_path, capsys, monkeypatch):
-    import train
-    out = tmp_path / "d"
-    stage(out, data, [])
-    real = train.parse_args
-
-    def other_default(argv=None):   # as if train.py's default EMA decay changed between two runs
-        opt = real(argv)
-        opt.ema = 0.5
-        return opt
-    monkeypatch.setattr(train, "parse_args", other_default)
-    stage(out, data, [])
-    printed = capsys.readouterr().out
-    assert "[rerun]" in printed and "--ema default 0.999 -> 0.5" in printed
+def test_key_holds_every_option_that_changes_the_result_and_none_that_do_not(data, tmp_path):
+    config = TrainConfig(data, cfg=NARROW, out=str(tmp_path / "a"))
+    key = stage_key(config)
+    assert key["config"]["ema"] == 0.999 and key["config"]["lrf"] == 0.05   # defaults, resolved
+    assert stage_key(TrainConfig(data, cfg=NARROW, out=str(tmp_path / "b"), threads=1, workers=2)) == key
+    assert stage_key(TrainConfig(data, cfg=NARROW, out=str(tmp_path / "a"), ema=0.5)) != key
+    assert set(key["inputs"]) == {NARROW, data}

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import cfg_path
-from models import Darknet
+from yoloslim.darknet.model import Darknet
 from yoloslim.errors import PruneError
 from yoloslim.deploy.opencv_dnn import max_layout_difference, opencv_forward, read_net, torch_in_opencv_layout
 from yoloslim.darknet.cfg import parse_model_cfg
-from yoloslim.prune.graph import analyze, sparsity_layers
+from yoloslim.prune.graph import analyze
+from yoloslim.train.sparsity import policy_layers as sparsity_layers
 from yoloslim.prune.engine import (POLICIES, build_compact, plan_channels, plan_layers, prune, write_pruned,
                                zeroed_reference)
 from yoloslim.deploy.measure import randomize_weights

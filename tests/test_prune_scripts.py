@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import HANG_LIMIT, ROOT, cfg_path
-from models import Darknet, load_model
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.load import load_model
 from yoloslim.deploy.darknet_ref import darknet_difference, run_darknet
 from yoloslim.deploy.parity import TOLERANCE
 from yoloslim.darknet.cfg import parse_model_cfg, write_model_cfg

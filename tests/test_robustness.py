@@ -16,9 +16,10 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from models import Darknet, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from yoloslim.darknet.model import Darknet  # noqa: E402
+from yoloslim.darknet.weights import load_checkpoint, save_checkpoint  # noqa: E402
+from yoloslim.darknet.load import load_model  # noqa: E402
 from yoloslim.errors import CfgError, DataError, SlimError, WeightsError  # noqa: E402
 from yoloslim.darknet.cfg import parse_model_cfg  # noqa: E402
 from conftest import HANG_LIMIT
@@ -253,7 +254,7 @@ def test_checkpoint_with_odd_entries(tmp_path, extra):
 
 @pytest.mark.parametrize("cfg", [5, None, b"[net]"])
 def test_checkpoint_whose_cfg_is_not_text(tmp_path, cfg):
-    from models import model_from_checkpoint
+    from yoloslim.darknet.load import model_from_checkpoint
     path = str(tmp_path / "nocfg.pt")
     torch.save({**small_model(tmp_path).checkpoint(), "cfg": cfg}, path)
     expect(WeightsError, lambda: model_from_checkpoint(path), re.escape(path), "no cfg inside")

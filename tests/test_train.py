@@ -11,14 +11,15 @@ import sys
 import pytest
 import torch
 
-import test as tester
+from yoloslim.eval import evaluate as tester
 import train
-from models import Darknet, load_checkpoint
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.weights import load_checkpoint
 from yoloslim.data.datasets import LoadImagesAndLabels
 from yoloslim.train.distill import distillation_loss
 from yoloslim.errors import SlimError
 from yoloslim.train.loss import compute_loss, default_hyp, init_head_biases
-from yoloslim.prune.graph import sparsity_layers
+from yoloslim.train.sparsity import policy_layers as sparsity_layers
 from yoloslim.train.sparsity import (BNSparsity, gamma_stats, log_histograms, plot_gamma_histogram, plot_gamma_history,
                             record_gamma_history)
 from yoloslim.data.synthetic import generate
@@ -128,7 +129,7 @@ def test_sparsity_adds_s_sign_gamma_to_selected_bns_only():
     backward_once(model)
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
     s = 0.01
-    sparsity = BNSparsity(model, mode=1, s=s)
+    sparsity = BNSparsity(model, "shortcut", s=s)
     assert sparsity.apply() == s
     selected = {f"module_list.{i}.BatchNorm2d.weight" for i in sparsity.layers}
     for name, prm in model.named_parameters():
@@ -260,9 +261,9 @@ def test_ddp_two_processes_gloo_sparsify_the_same_bns(shapes, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "last.pt")
-    single = BNSparsity(Darknet(NARROW), mode=0)
+    single = BNSparsity(Darknet(NARROW), "normal")
     assert ckpt["sparsity"]["layers"] == single.layers
-    assert ckpt["opt"]["prune"] == 0 and os.path.isfile(out / "results.csv")
+    assert ckpt["opt"]["prune"] == "normal" and os.path.isfile(out / "results.csv")
 
 
 def test_cli_help_and_weights_file(shapes, two_epoch_run):

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from models import Darknet, load_model
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.load import load_model
 from yoloslim.errors import WeightsError
 from yoloslim.train.loss import layer_strides
 from yoloslim.train.transfer import load_partial, ranges

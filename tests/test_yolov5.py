@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import HANG_LIMIT, ROOT, cfg_path
-from models import Darknet
-from scripts.yolov5_cfg import MODELS, YOLOV5_V6, yolov5_cfg_text
+from yoloslim.darknet.model import Darknet
+from yoloslim.zoo.yolov5 import MODELS, YOLOV5_V6, yolov5_cfg_text
 from yoloslim.deploy.opencv_dnn import opencv_forward, read_net
 from yoloslim.darknet.cfg import parse_model_cfg
 from yoloslim.prune.graph import analyze

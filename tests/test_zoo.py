@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CFG_DIR
-from models import Darknet
+from yoloslim.darknet.model import Darknet
 from test_prune import relative_difference
 from yoloslim.deploy.opencv_dnn import max_raw_difference, random_input
 from yoloslim.deploy.parity import read_back_tolerance

@@ -13,9 +13,10 @@ import math
 import os
 import sys
 
-from yoloslim.errors import CfgError, DataError
+from yoloslim.darknet.net import STRIDE, check_net_size
+from yoloslim.data.files import cfg_classes, check_classes, check_data, check_names  # noqa: F401  (the CLIs' checks)
+from yoloslim.errors import SlimError
 
-STRIDE = 32          # the largest stride of every supported network: input sizes are multiples of it
 MAX_IMG_SIZE = 4096  # beyond this a single forward pass needs tens of GB; a typo, not a wish
 
 
@@ -81,6 +82,27 @@ fraction = number(float, lo=0, hi=1)                        # thresholds: [0, 1]
 open_fraction = number(float, lo=0, hi=1, lo_open=True, hi_open=True)
 positive_float = number(float, lo=0, lo_open=True)
 non_negative_float = number(float, lo=0)
+
+
+def add_img_size(p, help_text="network input size"):
+    """--img-size as every tool takes it: default the cfg's own [net] width, as deployed."""
+    p.add_argument("--img-size", type=img_size, default=None,
+                   help=f"{help_text}, rounded up to a multiple of {STRIDE} (default: the cfg's width)")
+
+
+def add_device(p):
+    """--device as every tool takes it: '' (default) is CUDA where available, else the CPU."""
+    p.add_argument("--device", default="", help="'' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+
+
+def device(name):
+    """The torch device for a --device value; a CUDA device where there is none is refused."""
+    import torch
+    if name == "cpu" or (not name and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SlimError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return torch.device(name if name.startswith("cuda") else f"cuda:{name}" if name.isdigit() else "cuda")
 
 
 def round_img_size(size, what="--img-size"):
@@ -167,80 +189,14 @@ def output_dir(text):
 
 
 # ----------------------------------------------------------------------------- file contents
-def check_net_size(module_defs, path):
-    """The cfg's [net] width/height: positive multiples of STRIDE (a 0 would reach a PyTorch error)."""
-    net = module_defs[0]
-    for key in ("width", "height"):
-        value = net.get(key, 416)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % STRIDE:
-            where = net.where() if hasattr(net, "where") else f"{path} [net]"
-            raise CfgError(f"{where}: {key}={value!r} must be a positive multiple of {STRIDE} (e.g. 416); "
-                           f"fix the cfg")
-    return module_defs
-
-
 def check_cfg(path):
     """Parse a .cfg (syntax and [net] size) before any model is built; returns its module_defs."""
     from yoloslim.darknet.cfg import parse_model_cfg
     return check_net_size(parse_model_cfg(path), path)
 
 
-def cfg_classes(module_defs):
-    """The classes= of the cfg's first [yolo] layer (Darknet's default 20 when absent), or None."""
-    for section in module_defs:
-        if section["type"] == "yolo":
-            return section.get("classes", 20)
-    return None
-
-
-def _text_file(read, path, kind):
-    """``read(path)``, with a file that is not UTF-8 text reported as such instead of a traceback."""
-    try:
-        return read(path)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file; pass the {kind}") from None
-
-
-def check_names(path):
-    """Class names of a .names file; an empty one is an error, not 'no names'."""
-    from yoloslim.darknet.cfg import load_classes
-    names = _text_file(load_classes, path, ".names file (one class name per line)")
-    if not names:
-        raise DataError(f"{path}: holds no class names; write one name per line (or leave the option out)")
-    return names
-
-
-def check_data(path, lists=("valid",)):
-    """A .data file whose ``lists`` (train/valid) exist and whose names= (if any) is non-empty."""
-    from yoloslim.darknet.cfg import parse_data_cfg
-    data = _text_file(parse_data_cfg, path, ".data file (key=value lines)")
-    for key in lists:
-        if not data.get(key):
-            raise DataError(f"{path}: no '{key}=' line; add the image list path")
-        if not os.path.exists(data[key]):
-            raise DataError(f"{path}: {key}={data[key]} not found; fix the path in the .data file")
-    if data.get("names"):
-        check_names(data["names"])
-    return data
-
-
-def check_classes(nc, data, data_path, names=None, names_path=None):
-    """The .data's classes= and the .names count (``names``, else the .data's names= file) must
-    agree with the model's ``nc``."""
-    if names is None and data and data.get("names"):
-        names, names_path = check_names(data["names"]), data["names"]
-    declared = data.get("classes") if data else None
-    if declared is not None and declared != nc:
-        raise DataError(f"{data_path}: classes={declared} but the model's [yolo] layers have classes={nc}; "
-                        f"use the .data made for this model")
-    if names is not None and len(names) != nc:
-        raise DataError(f"{names_path}: {len(names)} names but the model has {nc} classes; pass its .names")
-
-
-
 def ensure(check, value, arg):
     """Apply an argparse ``type=`` check outside argparse (e.g. to a default), as a SlimError."""
-    from yoloslim.errors import SlimError
     try:
         return check(value)
     except argparse.ArgumentTypeError as e:

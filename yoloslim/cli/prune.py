@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from models import load_model
+from yoloslim.darknet.load import load_model
 from yoloslim.errors import PruneError
 from yoloslim.cli import checks
 from yoloslim.io import atomic_folder, atomic_write, claim_folder, is_torch_file

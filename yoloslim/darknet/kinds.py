@@ -249,6 +249,15 @@ def _scale_mul(scale, factor):
 
 
 # ----------------------------------------------------------------------------- kinds
+KINDS = {}   # section name -> kind; each kind registers itself where it is defined
+
+
+def register(cls):
+    """Class decorator: make ``cls`` the kind of its section name."""
+    KINDS[cls.name] = cls()
+    return cls
+
+
 class Kind:
     """Defaults shared by every kind; a subclass overrides what differs.
 
@@ -263,6 +272,7 @@ class Kind:
     activation = None         # None: the kind has no activation (a non-linear one is refused)
     has_weights = False       # reads its share of the .weights file
     is_head = False           # a [yolo] output
+    adds_inputs = False       # a residual sum (its inputs share one channel space)
     reads_previous = True     # the previous layer is its first input
 
     # ---- parse time
@@ -342,6 +352,7 @@ class Kind:
         return 0
 
 
+@register
 class Convolutional(Kind):
     name = "convolutional"
     refused = {"dilation": 1, "antialiasing": 0, "xnor": 0, "binary": 0, "flipped": 0, "deform": 0,
@@ -459,6 +470,7 @@ class PassThrough(Kind):
         return in_masks[0]
 
 
+@register
 class MaxPool(PassThrough):
     name = "maxpool"
     refused = {"maxpool_depth": 0, "antialiasing": 0, "out_channels": None, "maxpool_zero_nonmax": 0}
@@ -487,6 +499,7 @@ class MaxPool(PassThrough):
         return DarknetMaxPool(*self._params(mdef))
 
 
+@register
 class UpsampleKind(PassThrough):
     name = "upsample"
     refused = {"scale": 1}      # Darknet multiplies the output by it; OpenCV ignores it
@@ -505,10 +518,12 @@ class UpsampleKind(PassThrough):
         return Upsample(self._stride(mdef))
 
 
+@register
 class Dropout(PassThrough):
     name = "dropout"          # identity at inference, in Darknet and OpenCV
 
 
+@register
 class AvgPool(PassThrough):
     name = "avgpool"          # Darknet's [avgpool] is global: one mean per channel
 
@@ -519,6 +534,7 @@ class AvgPool(PassThrough):
         return GlobalAvgPool()
 
 
+@register
 class RouteKind(Kind):
     name = "route"
     refs = ("layers",)
@@ -576,8 +592,10 @@ class RouteKind(Kind):
         return torch.cat(parts)
 
 
+@register
 class ShortcutKind(Kind):
     name = "shortcut"
+    adds_inputs = True
     refs = ("from",)
     activation = "linear"
     refused = {"weights_type": "none", "weights_normalization": "none", "alpha": 1, "beta": 0}
@@ -623,6 +641,7 @@ class ShortcutKind(Kind):
         return a
 
 
+@register
 class Sam(Kind):
     """Spatial attention: ``from`` times the previous layer, element by element (same shapes)."""
     name = "sam"
@@ -647,6 +666,7 @@ class Sam(Kind):
         return module(x, outputs)
 
 
+@register
 class ScaleChannels(Sam):
     """Squeeze-excitation: ``from`` (C, H, W) times the previous layer's per-channel factor (C, 1, 1)."""
     name = "scale_channels"
@@ -659,6 +679,7 @@ class ScaleChannels(Sam):
         return scales[srcs[1]]
 
 
+@register
 class ReorgKind(Kind):
     name = "reorg"
     refused = {"reverse": 0, "flatten": 0, "extra": 0}
@@ -692,6 +713,7 @@ class ReorgKind(Kind):
         return module(plane.contiguous())[0, :, 0, 0]
 
 
+@register
 class Yolo(Kind):
     name = "yolo"
     is_head = True
@@ -703,11 +725,17 @@ class Yolo(Kind):
             raise CfgError(f"{mdef.where()}: new_coords={mdef['new_coords']} is not supported; use 0 or 1")
 
     @staticmethod
-    def anchors(mdef):
+    def anchor_pairs(mdef):
+        """Every (w, h) of the anchors= list, the ones this head uses and the others'."""
         anchors = mdef.get("anchors")
         if not isinstance(anchors, list) or len(anchors) % 2:
             raise CfgError(f"{mdef.where()}: anchors= must be an even-length list of numbers")
-        pairs = [(float(anchors[i]), float(anchors[i + 1])) for i in range(0, len(anchors), 2)]
+        return [(float(anchors[i]), float(anchors[i + 1])) for i in range(0, len(anchors), 2)]
+
+    @classmethod
+    def anchors(cls, mdef):
+        """The (w, h) this head predicts with: the anchors its mask= selects (all without one)."""
+        pairs = cls.anchor_pairs(mdef)
         mask = mdef.get("mask", list(range(len(pairs))))
         mask = mask if isinstance(mask, list) else [mask]
         if any(not isinstance(m, int) or not 0 <= m < len(pairs) for m in mask):
@@ -732,10 +760,6 @@ class Yolo(Kind):
 
     def out_mask(self, mdef, in_masks, keep, width):
         return in_masks[0]
-
-
-KINDS = {k.name: k for k in (Convolutional(), MaxPool(), UpsampleKind(), Dropout(), AvgPool(), RouteKind(),
-                            ShortcutKind(), Sam(), ScaleChannels(), ReorgKind(), Yolo())}
 
 
 def kind_of(mdef):

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from yoloslim.darknet.net import STRIDE
 from yoloslim.errors import DataError
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PAD_COLOR = (114, 114, 114)
-STRIDE = 32  # the coarsest YOLO head stride: network inputs must be multiples of it
 COORD_TOLERANCE = 0.01  # labelling tools often write 1.0000x or -0.0000x; accept, then clip
 
 # Augmentation defaults (gains and ranges); override any of them with ``hyp``.

@@ -11,11 +11,11 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from models import model_from_checkpoint
+from yoloslim.darknet.load import model_from_checkpoint
 from yoloslim.io import atomic_write
 from yoloslim.deploy.opencv_dnn import read_net
 from yoloslim.darknet.cfg import parse_data_cfg
@@ -45,53 +45,49 @@ def derive_cfg(src_cfg, data, img_size, path):
     training boxes (as many as the cfg has). Returns (path, anchors)."""
     from yoloslim.data.anchors import kmeans_anchors, label_sizes
     from yoloslim.darknet.cfg import write_model_cfg
+    from yoloslim.darknet.kinds import kind_of
     from yoloslim.train.transfer import cfg_for_data
     options = parse_data_cfg(data)
-    n_anchors = sum(len(m["mask"]) for m in cfg_for_data(src_cfg, 1)[1:] if m["type"] == "yolo")
+    heads = [m for m in cfg_for_data(src_cfg, 1)[1:] if kind_of(m).is_head]
+    n_anchors = len(kind_of(heads[0]).anchor_pairs(heads[0]))   # the list every head picks from
     anchors = kmeans_anchors(label_sizes(options["train"], img_size), n_anchors)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_model_cfg(cfg_for_data(src_cfg, options["classes"], anchors, img_size), path)
     return path, anchors
 
 
-def run_training(out, cfg, data, epochs, img_size, batch_size, weights=None, extra=(), quiet=False):
-    """train.py in-process, cached by a key of its arguments and the content of its input files.
+def run_training(config, quiet=False):
+    """Train ``config`` (a ``TrainConfig``) in-process, cached by its fields and the content of
+    the files it reads.
 
-    A stage folder whose ``done.json`` holds the same key is reused; one holding an unfinished
-    run with the same key is resumed; anything else (other arguments, retrained weights,
-    another data set) is deleted and trained again, and the reason is printed.
+    A stage folder (``config.out``) whose ``done.json`` holds the same key is reused; one holding
+    an unfinished run with the same key is resumed; anything else (another option, retrained
+    weights, another data set) is deleted and trained again, and the reason is printed.
     """
-    import train
-    argv = ["--data", data, "--epochs", str(epochs), "--img-size", str(img_size), "--batch-size", str(batch_size),
-            "--out", out, "--workers", "0", *map(str, extra)]
-    if cfg:
-        argv += ["--cfg", cfg]
-    if weights:
-        argv += ["--weights", weights]
-    key = stage_key(argv, resolved_options(train, argv))
+    from yoloslim.train.trainer import train
+    out = config.out
+    key = stage_key(config)
     done = read_json(os.path.join(out, "done.json"))
     if done is not None and done.get("key") == key:
-        print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5 (same arguments and inputs)")
+        print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5 (same options and inputs)")
         return done["result"]
     started = read_json(os.path.join(out, "stage.json"))
     resume = started is not None and started.get("key") == key and done is None \
-        and checkpoint_epoch(os.path.join(out, "last.pt")) < epochs
+        and checkpoint_epoch(os.path.join(out, "last.pt")) < config.epochs
     if resume:
-        print(f"[resume] {out}: an unfinished run with the same arguments and inputs")
+        print(f"[resume] {out}: an unfinished run with the same options and inputs")
     elif started is not None and started.get("key") == key and done is None:
-        # killed between its last checkpoint and its record: train.py refuses to resume a
-        # finished run, and the result it returns is not stored anywhere else
+        # killed between its last checkpoint and its record: a finished run cannot be resumed,
+        # and the result it returns is not stored anywhere else
         print(f"[rerun] {out}: the run finished but its result was never recorded; training it again")
         shutil.rmtree(out)
     elif done is not None or started is not None:
-        old = (done or started).get("key") or {"argv": (done or started).get("argv", []), "inputs": {}}
-        print(f"[rerun] {out}: {key_change(old, key)}; training it again")
+        print(f"[rerun] {out}: {key_change((done or started).get('key') or {}, key)}; training it again")
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     with atomic_write(os.path.join(out, "stage.json"), "w") as f:
         json.dump({"key": key}, f, indent=2)
-    opt = train.parse_args(argv + (["--resume"] if resume else ["--exist-ok"]) + (["--quiet"] if quiet else []))
-    result = train.train(opt)
+    result = train(replace(config, resume=resume, exist_ok=not resume, quiet=quiet or config.quiet))
     result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     with atomic_write(os.path.join(out, "done.json"), "w") as f:
         json.dump({"key": key, "result": result}, f, indent=2)
@@ -165,54 +161,25 @@ def data_digest(path):
     return h.hexdigest()
 
 
-# Options that change where or how fast a stage runs, not what it computes: not part of its key.
-RUNTIME_FLAGS = ("--threads", "--workers", "--quiet", "--device")
-
-
-def resolved_options(train, argv):
-    """Every train.py option after defaults are filled in: a changed default also changes the key."""
-    opt = vars(train.parse_args(list(argv)))
-    return {k: v for k, v in sorted(opt.items()) if k not in train.RUNTIME_OPTIONS}
-
-
-def stage_key(argv, options=None):
-    """The stage's identity: its arguments (less RUNTIME_FLAGS), the options they resolve to, and a
-    digest of every input file they name."""
-    kept, skip = [], False
-    for tok in argv:
-        if skip:
-            skip = False
-        elif tok in RUNTIME_FLAGS:
-            skip = tok != "--quiet"
-        else:
-            kept.append(tok)
-    argv, inputs = kept, {}
-    for value in argv:
-        if value in inputs or not os.path.isfile(value):
-            continue
-        inputs[value] = data_digest(value) if value.endswith(".data") else file_digest(value)
-    return {"argv": list(argv), "options": options or {}, "inputs": inputs}
+def stage_key(config):
+    """The stage's identity: every option that changes what it computes (``TrainConfig.key``)
+    and a digest of every file it reads."""
+    inputs = {}
+    for path in config.inputs().values():
+        if path not in inputs and os.path.isfile(path):
+            inputs[path] = data_digest(path) if path.endswith(".data") else file_digest(path)
+    return {"config": json.loads(json.dumps(config.key())), "inputs": inputs}
 
 
 def key_change(old, new):
     """Why two stage keys differ, in words (first few differences)."""
-    def options(argv):
-        opts, flag = {}, None
-        for tok in argv:
-            if tok.startswith("-") and not tok.lstrip("-").replace(".", "").isdigit():
-                flag = tok
-                opts[flag] = ""
-            elif flag is not None:
-                opts[flag] = (opts[flag] + " " + tok).strip()
-        return opts
-    a, b = options(old.get("argv", [])), options(new["argv"])
-    changes = [f"{k} {a.get(k, '(absent)') or '(set)'} -> {b.get(k, '(absent)') or '(set)'}"
+    if "config" not in old:
+        return "stage key format changed"
+    a, b = old["config"], new["config"]
+    changes = [f"--{k.replace('_', '-')} {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     changes += [f"{path} changed" for path, digest in new["inputs"].items()
                 if old.get("inputs", {}).get(path) not in (None, digest)]
-    if not changes:   # same command line, other defaults (train.py changed)
-        changes = [f"--{k.replace('_', '-')} default {old.get('options', {}).get(k)} -> {v}"
-                   for k, v in new.get("options", {}).items() if old.get("options", {}).get(k) != v]
     return "; ".join(changes[:4]) or "stage key format changed"
 
 
@@ -238,7 +205,7 @@ def measure(model, data=None, img_size=None, cfg_path=None, weights_path=None, r
             row["opencv_ms"] = opencv_latency_ms(read_net(cfg_path, weights_path), size, warmup=5, runs=runs,
                                                 channels=model.in_channels)
     if data:
-        from test import evaluate
+        from yoloslim.eval.evaluate import evaluate
         row["mAP50"] = float(evaluate(model, data, img_size=size, verbose=False, progress=False,
                                       max_images=max_images)["mAP50"])
     return row

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import Darknet
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.weights import header_size
 from yoloslim.errors import PruneError
 from yoloslim.darknet.cfg import write_model_cfg
 from yoloslim.prune.graph import analyze
@@ -340,8 +341,7 @@ def write_pruned(compact, folder, name):
     weights_path = os.path.join(folder, f"{name}.weights")
     write_model_cfg(compact.all_defs, cfg_path)
     compact.save_darknet_weights(weights_path)
-    header = 20 if int(compact.version[0]) * 10 + int(compact.version[1]) >= 2 else 16
-    expected = header + 4 * compact.darknet_float_count()
+    expected = header_size(*compact.version[:2]) + 4 * compact.darknet_float_count()
     if os.path.getsize(weights_path) != expected:
         raise PruneError(f"{weights_path}: wrote {os.path.getsize(weights_path)} bytes, expected {expected}")
     compact.cfg_path = cfg_path

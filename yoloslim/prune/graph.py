@@ -151,7 +151,7 @@ def _residual_blocks(graph, widths):
     bn = set(graph.bn_convs)
     defs, sources, consumers = graph.module_defs, graph.sources, graph.consumers
     for i, mdef in enumerate(defs):
-        if mdef["type"] != "shortcut" or i < 3 or mdef.get("activation", "linear") != "linear":
+        if not kind_of(mdef).adds_inputs or i < 3 or mdef.get("activation", "linear") != "linear":
             continue
         first, last, source = i - 2, i - 1, sources[i][1]
         if not (first in bn and last in bn and source == i - 3 and sources[first] == [i - 3]
@@ -168,20 +168,8 @@ def _lcm(a, b):
     return a * b // gcd(a, b)
 
 
-# Sparsity-training modes, as earlier toolkits number them (train.py --prune N).
-SPARSITY_MODES = {0: "normal", 1: "shortcut", 2: "tiny"}
-
-
-def sparsity_layers(module_defs, mode):
-    """Conv indices whose BN gammas get the L1 penalty for a given ``--prune`` mode.
-
-    0 (normal): prunable convs outside shortcut groups, the ones normal_prune will cut;
-    1 (shortcut): every prunable conv, shortcut groups included;
-    2 (tiny): every prunable conv (tiny models have no shortcuts, so this equals 1).
-    """
+def sparsity_layers(module_defs, shortcut_groups):
+    """Conv indices a policy may prune, so the ones whose BN gammas get the L1 penalty: every
+    prunable conv, less those meeting at shortcuts unless the policy prunes ``shortcut_groups``."""
     graph = analyze(module_defs)
-    if mode == 0:
-        return [c for c in graph.prunable if not graph.in_shortcut_group(c)]
-    if mode in (1, 2):
-        return list(graph.prunable)
-    raise ValueError(f"unknown sparsity mode {mode}; use 0 (normal), 1 (shortcut) or 2 (tiny)")
+    return [c for c in graph.prunable if shortcut_groups or not graph.in_shortcut_group(c)]

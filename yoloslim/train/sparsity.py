@@ -8,8 +8,9 @@ is added straight to ``gamma.grad`` after ``backward()`` and before ``optimizer.
     sparsity.apply()
     optimizer.step()
 
-Which BNs: ``yoloslim.prune.graph.sparsity_layers(module_defs, mode)`` (0 normal, 1 shortcut,
-2 tiny), so the penalty lands exactly on the channels that the matching prune mode can cut.
+Which BNs: those the named prune policy may cut (``policy_layers``: normal leaves the convs
+meeting at shortcuts alone, shortcut and tiny take every prunable conv), so the penalty lands
+exactly on the channels that the matching prune script can remove.
 
 DDP: DistributedDataParallel all-reduces the gradients inside ``backward()``; gamma itself is
 identical on every rank (same initial broadcast, same averaged updates), so adding
@@ -29,10 +30,18 @@ import torch
 
 from yoloslim.train.loss import unwrap
 from yoloslim.plots import pyplot, save_png
+from yoloslim.prune.engine import POLICIES
 from yoloslim.prune.graph import sparsity_layers
 
 SCHEDULES = ("constant", "linear", "step")
 SMALL_GAMMA = 1e-2          # |gamma| below this counts as "collapsed" in the stats
+
+
+def policy_layers(module_defs, policy):
+    """Conv indices whose gammas a sparsity run for prune ``policy`` penalises (a name, or the
+    seeds' 0 normal / 1 shortcut / 2 tiny)."""
+    from yoloslim.train.config import sparsity_policy
+    return sparsity_layers(module_defs, POLICIES[sparsity_policy(policy)].shortcut_groups)
 
 
 def bn_modules(model, layers):
@@ -43,11 +52,12 @@ def bn_modules(model, layers):
 class BNSparsity:
     """Adds ``s_at(epoch) * sign(gamma)`` to the gradients of the selected BN gammas."""
 
-    def __init__(self, model, mode=1, s=0.001, schedule="constant", epochs=1):
+    def __init__(self, model, policy="shortcut", s=0.001, schedule="constant", epochs=1):
+        from yoloslim.train.config import sparsity_policy
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown sparsity schedule {schedule!r}; use one of {SCHEDULES}")
-        self.mode, self.s, self.schedule, self.epochs = int(mode), float(s), schedule, max(int(epochs), 1)
-        self.layers = sparsity_layers(unwrap(model).module_defs, self.mode)
+        self.policy, self.s, self.schedule, self.epochs = sparsity_policy(policy), float(s), schedule, max(int(epochs), 1)
+        self.layers = policy_layers(unwrap(model).module_defs, self.policy)
         self.bns = bn_modules(model, self.layers)
         self.epoch = 0.0
 
@@ -76,13 +86,13 @@ class BNSparsity:
         return s
 
     def state_dict(self):
-        return {"mode": self.mode, "s": self.s, "schedule": self.schedule, "epochs": self.epochs,
+        return {"policy": self.policy, "s": self.s, "schedule": self.schedule, "epochs": self.epochs,
                 "epoch": self.epoch, "layers": list(self.layers)}
 
     def load_state_dict(self, state):
         if list(state["layers"]) != list(self.layers):
             raise ValueError("sparsity state was saved for other BN layers; resume with the same --cfg and --prune")
-        self.mode, self.s, self.schedule = int(state["mode"]), float(state["s"]), state["schedule"]
+        self.s, self.schedule = float(state["s"]), state["schedule"]
         self.epochs, self.epoch = int(state["epochs"]), float(state["epoch"])
 
 

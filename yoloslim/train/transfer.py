@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import Darknet, load_checkpoint, read_weights_file
+from yoloslim.darknet.kinds import kind_of
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.weights import load_checkpoint, read_weights_file
 from yoloslim.errors import WeightsError
 from yoloslim.io import is_torch_file
 from yoloslim.train.loss import init_head_biases
@@ -80,10 +82,10 @@ def with_classes(defs, nc):
     defs = copy.deepcopy(list(defs))
     layers = defs[1:]
     for i, mdef in enumerate(layers):
-        if mdef["type"] == "yolo":
+        kind = kind_of(mdef)
+        if kind.is_head:   # its input is the conv just before it
             mdef["classes"] = nc
-            n_anchors = len(mdef["mask"]) if "mask" in mdef else len(mdef["anchors"]) // 2
-            layers[i - 1]["filters"] = n_anchors * (5 + nc)
+            layers[i - 1]["filters"] = len(kind.anchors(mdef)) * (5 + nc)
     return defs
 
 
@@ -201,7 +203,7 @@ def cfg_for_data(src_cfg, nc, anchors=None, img_size=None):
     """
     defs = with_classes(parse_model_cfg(src_cfg), nc)
     for mdef in defs[1:]:
-        if mdef["type"] == "yolo" and anchors is not None:
+        if kind_of(mdef).is_head and anchors is not None:
             if len(anchors) * 2 != len(mdef["anchors"]):
                 raise WeightsError(f"{src_cfg}: [yolo] has {len(mdef['anchors']) // 2} anchors, not {len(anchors)}")
             mdef["anchors"] = [int(round(v)) for wh in anchors for v in wh]
