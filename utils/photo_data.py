@@ -8,8 +8,9 @@ of every instance of the chosen classes; objects are real objects cut from photo
 random scales from 10 px up to 3/4 of the image, mirrored, sometimes rotated, recoloured a
 little, cut by the border, and partly hidden by each other and by clutter: patches of other
 photos and objects of catalogue classes that were not chosen (unlabelled). Every object keeps
-at least MIN_VISIBLE of its pixels in view. A label is the tight box of the object's own
-opacity >= 0.5 inside the image, measured on the pixels, so it is exact.
+at least MIN_VISIBLE of its pixels in view. A label is the tight box of the object's pixels
+left in view (those where it was pasted at opacity >= 0.5 and nothing was pasted over it at
+>= 0.5), measured on the pixels, so it is exact; hidden parts are not in it, as in COCO.
 
 Which photos are used depends on what is installed: matplotlib's grace_hopper.jpg always,
 scikit-image's bundled photos (requirements.txt), Darknet's /usr/share/darknet/data
@@ -71,7 +72,7 @@ class Canvas:
     owner: np.ndarray
     visible: list = dataclasses.field(default_factory=list)   # per object: pixels still in view
     area: list = dataclasses.field(default_factory=list)      # per object: pixels when pasted
-    labels: list = dataclasses.field(default_factory=list)    # (class, x1, y1, x2, y2)
+    classes: list = dataclasses.field(default_factory=list)   # per object: its class
 
 
 @dataclasses.dataclass
@@ -122,35 +123,34 @@ def level_above(levels, factor):
     return k, levels[k]
 
 
-_PYRAMIDS = {}  # id(photo or crop) -> pyramid, built on first use in each process
+def levels_of(item):
+    """The pyramid of a Background or ObjectCrop, built on first use (in each worker process)."""
+    if item.levels is None:
+        item.levels = pyramid(item.bgr, getattr(item, "alpha", None))
+    return item.levels
 
 
-def levels_of(key, bgr, alpha=None):
-    if key not in _PYRAMIDS:
-        _PYRAMIDS[key] = pyramid(bgr, alpha)
-    return _PYRAMIDS[key]
-
-
-def clear_crop(bg, rng, min_share, target):
+def clear_crop(bg, rng, min_share, target, shrink=1.0):
     """A random crop of ``bg`` (about ``target`` px once resized) clear of its avoided rectangles, or None."""
     h, w = bg.bgr.shape[:2]
-    side = min(h, w) * rng.uniform(min_share, 1.0)
+    side = min(h, w) * rng.uniform(min_share, 1.0) * shrink
     aspect = math.exp(rng.uniform(-0.25, 0.25))
     cw, ch = min(w, side * math.sqrt(aspect)), min(h, side / math.sqrt(aspect))
     x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
     window = (x0, y0, x0 + cw, y0 + ch)
     if any(overlap(window, r) > AVOID_OVERLAP * rect_area(r) for r in bg.avoid):
         return None
-    k, (img, _) = level_above(levels_of(("bg", bg.name), bg.bgr), max(cw, ch) / target)
+    k, (img, _) = level_above(levels_of(bg), max(cw, ch) / target)
     f = 2 ** k
     return img[int(y0 / f):int((y0 + ch) / f), int(x0 / f):int((x0 + cw) / f)]
 
 
 def photo_crop(lib, rng, min_share, target):
     """Pixels of a real photo with no chosen-class object in them (retries over photos)."""
-    for _ in range(30):
+    for attempt in range(30):
         bg = lib.backgrounds[int(rng.integers(len(lib.backgrounds)))]
-        crop = clear_crop(bg, rng, min_share, target)
+        # smaller and smaller windows: between the objects of a crowded photo only small ones fit
+        crop = clear_crop(bg, rng, min_share, target, 0.9 ** attempt)
         if crop is not None and min(crop.shape[:2]) >= 8:
             return crop
     # Only reachable with very few photos: any photo's mean colour, so still nothing unlabelled.
@@ -205,7 +205,7 @@ def object_sprite(lib, rng, s):
     crops = lib.objects[cls]
     crop = crops[int(rng.integers(len(crops)))]
     longest = math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_FRACTION * s)))
-    return scaled_sprite(crop.bgr, crop.alpha, cls, rng, longest, levels_of(("obj", crop.origin), crop.bgr, crop.alpha))
+    return scaled_sprite(crop.bgr, crop.alpha, cls, rng, longest, levels_of(crop))
 
 
 def clutter_sprite(lib, rng, s):
@@ -213,7 +213,7 @@ def clutter_sprite(lib, rng, s):
     longest = s * rng.uniform(0.1, 0.45)
     if lib.distractors and rng.random() < 0.5:
         crop = lib.distractors[int(rng.integers(len(lib.distractors)))]
-        return scaled_sprite(crop.bgr, crop.alpha, -1, rng, longest, levels_of(("obj", crop.origin), crop.bgr, crop.alpha))
+        return scaled_sprite(crop.bgr, crop.alpha, -1, rng, longest, levels_of(crop))
     patch = photo_crop(lib, rng, 0.1, longest)
     h, w = patch.shape[:2]
     alpha = np.zeros((h, w), np.float32)
@@ -276,7 +276,7 @@ def blend(roi, bgr, alpha):
 
 
 def record(canvas, sprite, mine, hidden, where):
-    """Update pixel ownership; a labelled sprite's box is measured on its own solid pixels."""
+    """Update pixel ownership: a pixel belongs to the last sprite whose opacity there is >= 0.5."""
     for i, c in enumerate(hidden):
         canvas.visible[i] -= int(c)
     owner = canvas.owner[where]
@@ -287,10 +287,18 @@ def record(canvas, sprite, mine, hidden, where):
     n = int(mine.sum())
     canvas.area.append(n)
     canvas.visible.append(n)
-    ys, xs = np.nonzero(mine)
-    iy, ix = where
-    canvas.labels.append((sprite.cls, ix.start + xs.min(), iy.start + ys.min(), ix.start + xs.max() + 1,
-                          iy.start + ys.max() + 1))
+    canvas.classes.append(sprite.cls)
+
+
+def visible_boxes(canvas):
+    """(class, x1, y1, x2, y2) of each object's pixels left in view: what an annotator would draw
+    around the object, hidden parts excluded (COCO's convention)."""
+    boxes = []
+    for i, cls in enumerate(canvas.classes):
+        ys, xs = np.nonzero(canvas.owner == i)
+        if len(xs):
+            boxes.append((cls, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    return boxes
 
 
 def finish(img, rng):
@@ -319,7 +327,7 @@ def render_image(lib, seed, split_id, index, s):
         try_paste(canvas, object_sprite(lib, rng, s), rng)
     for _ in range(clutter - behind):
         try_paste(canvas, clutter_sprite(lib, rng, s), rng)
-    return finish(canvas.img, rng), format_labels(canvas.labels, s)
+    return finish(canvas.img, rng), format_labels(visible_boxes(canvas), s)
 
 
 def format_labels(labels, s):
@@ -393,12 +401,11 @@ def write_index_files(work, final, params, names):
                f"nc: {len(names)}\nnames:\n{yaml_names}")
 
 
-def marker(params, lib, objects, seconds):
+def marker(params, lib, objects):
     photos = sorted({b.name for b in lib.backgrounds})
     return {"generator": "utils.photo_data", "generator_version": GENERATOR_VERSION, **dataclasses.asdict(params),
             "class_names": lib.names, "objects": objects, "sources": lib.sources,
-            "photos": [photo_path(p, lib.sources) for p in photos], "notes": lib.notes,
-            "seconds": round(seconds, 1)}
+            "photos": [photo_path(p, lib.sources) for p in photos], "notes": lib.notes}
 
 
 def claim_output(out):
@@ -406,9 +413,14 @@ def claim_output(out):
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         os.mkdir(out)
-        return
     except FileExistsError:
-        pass
+        refuse_used(out)  # another run may have taken the name since the first check
+
+
+def refuse_used(out):
+    """DataError unless ``out`` is absent or an empty folder."""
+    if not os.path.lexists(out):
+        return
     if not os.path.isdir(out):
         raise DataError(f"--out is an existing file in {out}; name a new folder (photo_data creates it)")
     if os.listdir(out):
@@ -418,13 +430,13 @@ def claim_output(out):
 
 def generate(out, params, workers=1, progress=False, sources=None):
     """Write the set into the new folder ``out``; returns the marker dict."""
-    t0 = time.time()
+    refuse_used(out)  # before the objects are cut: a refusal costs nothing
     lib = build_library(params.classes, sources)
     claim_output(out)
     with atomic_folder(out) as work:
         objects = render_all(work, params, lib, workers, progress)
         write_index_files(work, out, params, lib.names)
-        meta = marker(params, lib, objects, time.time() - t0)
+        meta = marker(params, lib, objects)
         write_text(os.path.join(work, MARKER), json.dumps(meta, indent=1) + "\n")
     return meta
 
@@ -448,11 +460,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     params = Params(args.n_train, args.n_val, args.img_size, args.classes, args.seed)
+    t0 = time.time()
     meta = generate(args.out, params, args.workers or os.cpu_count() or 1, progress=not args.quiet)
     for note in meta["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {args.n_train} train + {args.n_val} val images ({meta['objects']} objects, "
-          f"classes: {', '.join(meta['class_names'])}) to {args.out} in {meta['seconds']} s; "
+          f"classes: {', '.join(meta['class_names'])}) to {args.out} in {time.time() - t0:.1f} s; "
           f"data: {os.path.join(args.out, 'photos.data')}, yaml: {os.path.join(args.out, 'photos.yaml')}")
 
 

@@ -96,7 +96,7 @@ CATALOGUE = {
 
 # Photos a COCO model finds things on (person, cat, cup, motorcycle, dog, horse, bird),
 # always-present sources first so the first ones do not depend on Darknet being installed.
-COCO_PHOTOS = ("astronaut", "motorcycle", "chelsea", "coffee", "grace_hopper", "camera",
+COCO_PHOTOS = ("camera", "motorcycle", "grace_hopper", "coffee", "chelsea", "astronaut",
                "dog", "horses", "person", "eagle")
 
 
@@ -107,6 +107,7 @@ class ObjectCrop:
     bgr: np.ndarray
     alpha: np.ndarray
     origin: str
+    levels: list = None  # halvings of (bgr, alpha), built on first use (utils.photo_data.pyramid)
 
 
 @dataclasses.dataclass
@@ -115,6 +116,7 @@ class Background:
     name: str
     bgr: np.ndarray
     avoid: list
+    levels: list = None  # halvings of the photo, built on first use
 
 
 @dataclasses.dataclass
@@ -347,15 +349,16 @@ def avoided_rects(chosen, photos):
 
 # ----------------------------------------------------------------------------- photos for COCO models
 
-def sample_photos(out_dir, n, size=416):
+def sample_photos(out_dir, n, size=416, sources=None):
     """Write ``n`` real photographs (longest side ``size``) into ``out_dir``; return their paths.
 
     The photos hold things a COCO model detects (person, cat, cup, motorcycle; with Darknet
     installed also dog, horse, bird); the first six come from matplotlib and
     scikit-image, so they are the same with or without Darknet. Past the photos available,
     mirrored copies and then centre crops follow, so any ``n`` gives distinct images.
+    ``sources``: {source: folder} to use instead of what is installed.
     """
-    sources = find_sources()
+    sources = find_sources() if sources is None else sources
     notes = []
     photos = [(key, img) for key in COCO_PHOTOS for img in [read_photo(key, sources, notes)] if img is not None]
     if not photos:
