@@ -42,7 +42,7 @@ import numpy as np
 from utils import cli_checks as checks
 from utils.errors import DataError, cli_main
 from utils.io import atomic_folder, atomic_write
-from utils.photo_sources import PHOTOS, build_library, photo_path, sample_photos  # noqa: F401 (re-exported)
+from utils.photo_sources import build_library, photo_path, sample_photos  # noqa: F401 (sample_photos: re-exported)
 
 GENERATOR_VERSION = 1  # bump when the drawing changes
 SPLITS = {"train": 0, "val": 1}
@@ -50,7 +50,7 @@ MARKER = "photo_data.json"
 MIN_SIDE = 10           # px: the smallest object's longest side
 MAX_FRACTION = 0.75     # the largest object's longest side, as a fraction of the image
 MIN_VISIBLE = 0.6       # an object keeps this share of its pixels inside the image and unhidden
-MIN_BOX = 4             # px: a label box is at least this wide and high
+MIN_BOX = 4             # px: an object is pasted only where its box is at least this wide and high
 MAX_OBJECTS = 8
 AVOID_OVERLAP = 0.03    # a background crop may hold at most this share of a class instance's rectangle
 
