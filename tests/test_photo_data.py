@@ -26,7 +26,7 @@ ARGS = ["--n-train", str(N_TRAIN), "--n-val", str(N_VAL), "--img-size", str(SIZE
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "yoloslim.data.photo_data", *args], cwd=ROOT, env=ENV,
+    return subprocess.run([sys.executable, "scripts/photo_data.py", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 
