@@ -76,9 +76,9 @@ def main(argv=None):
     check_format(args.out, args.format)
     validate_int8(args, p)
     refuse_overwrite(args.out, args.cfg, args.weights)
-    checks.check_cfg(args.cfg)
+    defs = checks.check_cfg(args.cfg)
     if args.data:
-        checks.check_classes(checks.cfg_classes(checks.check_cfg(args.cfg)), checks.check_data(args.data), args.data)
+        checks.check_classes(checks.cfg_classes(defs), checks.check_data(args.data), args.data)
     model = load_model(args.cfg, args.weights, args.img_size)
     size = args.img_size or model.img_size[0]
     if args.format != "onnx" or args.int8:

@@ -21,8 +21,8 @@ SIZE = 64
 CFG = ("[net]\nwidth=64\nheight=64\nchannels=3\n"
        + "".join(f"[convolutional]\nbatch_normalize=1\nfilters={f}\nsize=3\nstride={s}\npad=1\nactivation=leaky\n"
                  for f, s in ((16, 1), (32, 2), (64, 2), (64, 1)))
-       + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n"
-       + "[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses=2\nnum=3\n")
+       + "[convolutional]\nfilters=30\nsize=1\nactivation=linear\n"
+       + "[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses=5\nnum=3\n")   # the synthetic set's 5 classes
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_export_round_trips_in_the_runtime(fmt, suffix, ws):
     assert theirs.shape == ours.shape
     assert float((np.abs(ours - theirs) / np.maximum(1.0, np.abs(ours))).max()) < 1e-4
     if fmt == "openvino":
-        assert os.path.getsize(out[:-4] + ".bin") > 4 * 21 * 64   # float32 weights, not halved
+        assert os.path.getsize(out[:-4] + ".bin") > 4 * 30 * 64   # float32 weights, not halved
 
 
 @pytest.mark.parametrize("flags,needles", [
@@ -189,7 +189,23 @@ def test_int8_writes_a_quantized_model_that_onnxruntime_runs(ws):
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert len(int8_weights) == 4          # every conv but the one feeding [yolo], which stays float
     x = np.random.default_rng(5).random((1, 3, SIZE, SIZE), dtype=np.float32)
-    assert detections_in(out, x).shape == (1, 3 * 16 * 16, 7)
+    assert detections_in(out, x).shape == (1, 3 * 16 * 16, 10)
+
+
+def test_int8_with_labels_reports_map_of_both_models(ws):
+    from test import evaluate
+    from utils.synthetic import generate
+    data_dir = ws["root"] / "shapes"
+    generate(str(data_dir), n_train=2, n_val=6, img_size=SIZE, workers=1, progress=False)
+    data = str(data_dir / "shapes.data")
+    out = ws["root"] / "labelled-int8.onnx"
+    r = run("export.py", "--cfg", ws["cfg"], "--weights", ws["weights"], "--out", out, "--int8", "--calib",
+            ws["images"], "--data", data, "--max-drop", "1", "--latency-runs", "0")
+    assert r.returncode == 0, r.stderr
+    fp32 = float(evaluate(load_model(ws["cfg"], ws["weights"]), data, img_size=SIZE, verbose=False,
+                          progress=False)["mAP50"])
+    assert f"int8 (percentile ranges from up to 100 images of {ws['images']}): mAP@0.5: fp32 {fp32:.4f}, int8" in r.stdout
+    assert out.exists()
 
 
 def test_int8_past_max_drop_is_refused_and_writes_nothing(ws):
@@ -200,3 +216,16 @@ def test_int8_past_max_drop_is_refused_and_writes_nothing(ws):
     agreement = float(r.stdout.split("int8 ")[-1].split()[0])
     assert agreement < 1.0                   # it did drift: the refusal is the gate, not a fixed answer
     assert not out.exists() and not glob.glob(str(ws["root"] / ".drifted.onnx.*"))
+
+
+def test_runtime_speedup_benchmark_writes_its_table(ws):
+    out = ws["root"] / "speedup.md"
+    pair = [ws["cfg"], ws["weights"]]
+    r = run("benchmarks/runtime_speedup.py", "--original", *pair, "--pruned", *pair, "--threads", "1",
+            "--runs", "2", "--warmup", "0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "FLOP cut x1.00 at 64 px" in text and "median of 2 runs" in text and "Machine:" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "runtime" not in line]
+    assert sorted({row[0][2:] for row in rows}) == sorted(RUNTIMES)
+    assert all(float(row[3]) > 0 for row in rows) and len(rows) == 2 * len(RUNTIMES)

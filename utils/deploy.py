@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from utils.errors import SlimError
+from utils.io import clean_stale_temps
 from utils.latency import ort_session, ov_compiled, require
 from utils.opencv_dnn import finite_max
 
@@ -21,6 +22,7 @@ def hidden_workdir(out):
     kill), removed on the way out: intermediate files never sit under a finished-looking name."""
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
+    clean_stale_temps(parent, os.path.basename(out))   # what a killed run of the same output left
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.{os.getpid()}.", suffix=".tmp", dir=parent)
     try:
         yield work
