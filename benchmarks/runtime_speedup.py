@@ -11,6 +11,7 @@ over the float original, and the speed-up as a share of the FLOP cut).
 """
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -36,7 +37,8 @@ def thread_counts(text):
 def parse_args(argv=None):
     p = checks.parser(__doc__.split("\n\n")[0], prog="runtime_speedup.py")
     p.add_argument("--original", nargs=2, required=True, metavar=("CFG", "WEIGHTS"), type=checks.input_file)
-    p.add_argument("--pruned", nargs=2, required=True, metavar=("CFG", "WEIGHTS"), type=checks.input_file)
+    p.add_argument("--pruned", nargs=2, required=True, metavar=("CFG", "WEIGHTS"), type=checks.input_file,
+                   action="append", help="a pruned pair; repeat for several (each named by its cfg)")
     p.add_argument("--img-size", type=checks.img_size, default=None, help="default: the original cfg's [net] size")
     p.add_argument("--threads", type=thread_counts, default=[1], help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--runs", type=checks.number(int, lo=1, hi=10000), default=100, help="timed runs per model")
@@ -62,16 +64,30 @@ def int8_copies(models, size, calib, work):
     return out
 
 
-def rows_for(runtime, threads, models, args, flop_cut):
+def pruned_name(pair, pairs):
+    """'pruned' for one pruned pair; 'pruned <cfg stem>' to tell several apart."""
+    return "pruned" if len(pairs) == 1 else f"pruned {os.path.splitext(os.path.basename(pair[0]))[0]}"
+
+
+def rows_for(runtime, threads, models, args, flop_cuts):
     timed = compare(models, runtime, args.img_size, threads, args.runs, args.warmup)
     base = timed["original"].median
     rows = []
     for name, t in timed.items():
         speed = base / t.median
-        share = f"{speed / flop_cut:.2f}" if name.startswith("pruned") and "int8" not in name else "-"
+        share = f"{speed / flop_cuts[name]:.2f}" if name in flop_cuts and name != "original" else "-"
         rows.append([runtime, threads, name, f"{t.median:.2f}", f"{t.p10:.2f}-{t.p90:.2f}", f"x{speed:.2f}", share])
         print(" | ".join(map(str, rows[-1])), flush=True)
     return rows
+
+
+def without_note(argv):
+    """The command line as given, less --note's text (the header prints it once)."""
+    argv = list(map(str, argv))
+    if "--note" in argv:
+        k = argv.index("--note")
+        argv[k:k + 2] = ["--note", "..."]
+    return argv
 
 
 def machine():
@@ -92,28 +108,33 @@ def versions(runtimes):
 
 def main(argv=None):
     args = parse_args(argv)
-    original, pruned = (load_model(*pair, args.img_size).eval() for pair in (args.original, args.pruned))
+    original = load_model(*args.original, args.img_size).eval()
     args.img_size = args.img_size or original.img_size[0]
-    flop_cut = count_flops(original, args.img_size) / count_flops(pruned, args.img_size)
+    named = {"original": args.original, **{pruned_name(pair, args.pruned): pair for pair in args.pruned}}
+    models = {name: load_model(*pair, args.img_size).eval() for name, pair in named.items()}
+    flops = {name: count_flops(m, args.img_size) for name, m in models.items()}
+    flop_cuts = {name: flops["original"] / f for name, f in flops.items()}
     runtimes = [r for r in RUNTIMES if installed(r)]
     load = [os.getloadavg()[0]]
     t0 = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        quantized = int8_copies({"original": original, "pruned": pruned}, args.img_size, args.calib, work) \
-            if args.calib else {}
+        quantized = int8_copies(models, args.img_size, args.calib, work) if args.calib else {}
         for runtime in runtimes:
             for threads in args.threads:
-                models = {"original": Deployable(original, *args.original), "pruned": Deployable(pruned, *args.pruned)}
+                timed = {name: Deployable(models[name], *pair) for name, pair in named.items()}
                 if runtime in INT8_RUNTIMES:
-                    models.update(quantized)
-                rows += rows_for(runtime, threads, models, args, flop_cut)
+                    timed.update(quantized)
+                rows += rows_for(runtime, threads, timed, args, flop_cuts)
                 load.append(os.getloadavg()[0])
     header = ["runtime", "threads", "model", "median ms", "p10-p90 ms", "speed-up over the float original",
               "speed-up / FLOP cut"]
-    command = " ".join(["python", "benchmarks/runtime_speedup.py", *(sys.argv[1:] if argv is None else map(str, argv))])
+    command = shlex.join(["python", "benchmarks/runtime_speedup.py", *without_note(sys.argv[1:] if argv is None else argv)])
     text = (f"# Speed-up of a pruned model on the deployment runtimes\n\nCommand: `{command}`\n\n"
-            f"Original {args.original[0]}, pruned {args.pruned[0]}: FLOP cut x{flop_cut:.2f} at {args.img_size} px. "
+            f"Original {args.original[0]}; "
+            + "; ".join(f"{name} {named[name][0]}: {flops[name] / 1e9:.3f} GFLOPs, FLOP cut x{flop_cuts[name]:.2f}"
+                        for name in named if name != "original")
+            + f" (at {args.img_size} px). "
             f"Batch 1, median of {args.runs} runs after {args.warmup} warm-up per model, the models of a runtime "
             f"interleaved run by run (utils/latency.py); threads set explicitly in each runtime. "
             + ("int8: ONNX Runtime static quantization of the convolutions (export.py --int8 recipe) calibrated "

@@ -225,7 +225,7 @@ def test_runtime_speedup_benchmark_writes_its_table(ws):
             "--runs", "2", "--warmup", "0", "--out", out)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
-    assert "FLOP cut x1.00 at 64 px" in text and "median of 2 runs" in text and "Machine:" in text
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "runtime" not in line]
+    assert "FLOP cut x1.00 (at 64 px)" in text and "median of 2 runs" in text and "Machine:" in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and not line.startswith("| runtime |")]
     assert sorted({row[0][2:] for row in rows}) == sorted(RUNTIMES)
     assert all(float(row[3]) > 0 for row in rows) and len(rows) == 2 * len(RUNTIMES)

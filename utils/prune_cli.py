@@ -171,7 +171,7 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
         raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g} of the head "
                          f"magnitude (tolerance {tolerance:.2g}); please report this")
 
-    darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair for OpenCV to time
+    darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair: OpenCV times one written from it
     before = measure(model, args.data, size, runs=0)   # latency below, the two models interleaved
     after = measure(compact, args.data, size, runs=0)
     latency = time_pair(args, model, compact, (args.cfg, args.weights) if darknet_input else None,
