@@ -43,7 +43,7 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--latency-runs", type=checks.timed_runs, default=10, help="timed runs for each latency median (0 = skip)")
     p.add_argument("--runtime", type=runtime_list, default=None,
                    help=f"comma-separated runtimes to time the two models on, from {','.join(RUNTIMES)} "
-                        f"(default: those of {','.join(CHEAP)} that are installed)")
+                        f"(when left out: those of {','.join(CHEAP)} that are installed)")
     p.add_argument("--threads", type=checks.positive_int, default=os.cpu_count(),
                    help="threads set in each runtime for the latency runs")
     return p
