@@ -23,7 +23,8 @@ def add_int8_arguments(p):
     p.add_argument("--calib-method", choices=CALIB_METHODS, default="percentile", help="how the ranges are chosen")
     p.add_argument("--data", type=checks.input_file, help=".data file: judge the int8 model by mAP@0.5 on its valid= list")
     p.add_argument("--images", type=checks.image_source,
-                   help="without --data: judge by agreement with the float model on these images (when left out: the --calib images)")
+                   help="without --data: judge by agreement with the float model on these images "
+                        "(when left out: the --calib images)")
     p.add_argument("--max-drop", type=checks.fraction, default=0.02,
                    help="refuse (write nothing) when mAP@0.5 or agreement falls by more than this")
     p.add_argument("--threads", type=checks.positive_int, default=os.cpu_count(),
