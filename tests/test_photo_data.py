@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import Darknet, load_model
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.load import load_model
 from yoloslim.eval.agreement import REFERENCE_CONF, detect, image_batches
 from yoloslim.data.datasets import LoadImagesAndLabels
 from yoloslim.errors import DataError

@@ -12,6 +12,7 @@ from yoloslim.darknet.load import load_model
 from yoloslim.errors import PruneError
 from yoloslim.cli import checks
 from yoloslim.io import atomic_folder, atomic_write, claim_folder, is_torch_file
+from yoloslim.deploy.latency import CHEAP, RUNTIMES, Deployable, default_runtimes, describe, latency_columns, runtime_list
 from yoloslim.deploy.opencv_dnn import opencv_read_back
 from yoloslim.deploy.parity import within
 from yoloslim.pipeline.stages import measure
@@ -40,6 +41,11 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--out", type=checks.output_dir, default=None,
                    help="output folder (default: runs/prune/<cfg>-<method>-<percent>); taken as -2, -3, ... when it exists")
     p.add_argument("--latency-runs", type=checks.timed_runs, default=10, help="timed runs for each latency median (0 = skip)")
+    p.add_argument("--runtime", type=runtime_list, default=None,
+                   help=f"comma-separated runtimes to time the two models on, from {','.join(RUNTIMES)} "
+                        f"(when left out: those of {','.join(CHEAP)} that are installed)")
+    p.add_argument("--threads", type=checks.positive_int, default=os.cpu_count(),
+                   help="threads set in each runtime for the latency runs")
     return p
 
 
@@ -165,10 +171,11 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
         raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g} of the head "
                          f"magnitude (tolerance {tolerance:.2g}); please report this")
 
-    darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair for OpenCV to time
-    before = measure(model, args.data, size, args.cfg if darknet_input else None,
-                     args.weights if darknet_input else None, args.latency_runs)
-    after = measure(compact, args.data, size, work_cfg, work_weights, args.latency_runs)
+    darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair: OpenCV times one written from it
+    before = measure(model, args.data, size, runs=0)   # latency below, the two models interleaved
+    after = measure(compact, args.data, size, runs=0)
+    latency = time_pair(args, model, compact, (args.cfg, args.weights) if darknet_input else None,
+                        (work_cfg, work_weights), size, before, after)
     after["weights_MB"] = os.path.getsize(work_weights) / 1e6
     if args.images:
         from yoloslim.eval.agreement import agreement
@@ -184,7 +191,23 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
     summary = {"method": method, "cfg": args.cfg, "weights": args.weights, "percent": args.percent,
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
+               "latency": latency,
                "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None)}
     with atomic_write(os.path.join(work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def time_pair(args, model, compact, pair, compact_pair, size, before, after):
+    """Latency of the original and the pruned model on each --runtime, interleaved run by run, into
+    ``before`` / ``after``; returns how it was measured (None when --latency-runs is 0)."""
+    if not args.latency_runs:
+        return None
+    runtimes = args.runtime or default_runtimes()
+    original = Deployable(model, *(pair or (None, None)))
+    pruned = Deployable(compact, *compact_pair)
+    timed = latency_columns({"original": original, "pruned": pruned}, runtimes, size, args.threads, args.latency_runs)
+    before.update(timed["original"])
+    after.update(timed["pruned"])
+    print(describe(runtimes, size, args.threads, args.latency_runs, 5))
+    return {"runtimes": runtimes, "threads": args.threads, "runs": args.latency_runs, "warmup": 5, "img_size": size}

@@ -38,7 +38,8 @@ def comparison_table(before, after):
     for key, label, fmt in (("mAP50", "mAP@0.5", "{:.4f}"), ("agreement", "agreement mAP@0.5", "{:.4f}"),
                             ("boxes", "boxes at conf 0.25", "{:,}"), ("params", "params", "{:,}"),
                             ("GFLOPs", "GFLOPs", "{:.3f}"), ("torch_ms", "torch ms", "{:.2f}"),
-                            ("opencv_ms", "opencv ms", "{:.2f}"), ("weights_MB", "weights MB", "{:.2f}")):
+                            ("opencv_ms", "opencv ms", "{:.2f}"), ("onnxruntime_ms", "onnxruntime ms", "{:.2f}"),
+                            ("openvino_ms", "openvino ms", "{:.2f}"), ("weights_MB", "weights MB", "{:.2f}")):
         a, b = before.get(key), after.get(key)
         if a is None and b is None:
             continue
