@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.bn_readers import DEFAULT_READER, adopt_reader_stats, arithmetic, reader_from_header, stats_for_reader
 from utils.errors import CfgError, WeightsError
 from utils.io import atomic_write, is_torch_file
 from utils.layers import check_section, get_int, kind_of, layer_shapes, layer_sources
@@ -67,6 +68,7 @@ class Darknet(nn.Module):
             self.img_size = (self.img_size, self.img_size)
         self.version = np.array(DEFAULT_VERSION, dtype=np.int32)
         self.seen = 0
+        self.read_as = None  # the reader whose BN arithmetic the loaded .weights held (utils/bn_readers.py)
         # outputs that a later route/shortcut reads must be kept during forward
         self._kept = {j for srcs in layer_sources(self.module_defs) for j in srcs}
 
@@ -122,11 +124,13 @@ class Darknet(nn.Module):
             total += conv.weight.numel() + (4 * bn.num_features if bn is not None else conv.out_channels)
         return total
 
-    def load_darknet_weights(self, path, cutoff=None):
+    def load_darknet_weights(self, path, cutoff=None, reader=None):
         """Load a Darknet .weights file; refuse one whose size does not fit the cfg.
 
         With ``cutoff`` only layers before that index are loaded (backbone files such as
-        darknet53.conv.74) and the file may hold more than those layers need.
+        darknet53.conv.74) and the file may hold more than those layers need. ``reader``: the
+        program whose BN arithmetic the file's statistics are for (utils/bn_readers.py; None:
+        from the header revision); they are converted so that this model computes what it does.
         """
         version, seen, data = read_weights_file(path)
         need = self.darknet_float_count(cutoff)
@@ -158,6 +162,10 @@ class Darknet(nn.Module):
         with torch.no_grad():
             for t, chunk in pending:
                 t.copy_(torch.from_numpy(chunk.copy()).view_as(t))
+        self.read_as = reader or reader_from_header(version)
+        for _, _, bn in self.conv_layers(cutoff):
+            if bn is not None:
+                adopt_reader_stats(bn, self.read_as)
         self.version, self.seen = version, seen
         return self
 
@@ -169,21 +177,26 @@ class Darknet(nn.Module):
                 return i
         return None
 
-    def darknet_weights_bytes(self, cutoff=None):
-        """The .weights file content for this model (header + floats), as bytes."""
+    def darknet_weights_bytes(self, cutoff=None, reader=DEFAULT_READER):
+        """The .weights file content for this model (header + floats), as bytes, with the BN
+        statistics written for ``reader`` (utils/bn_readers.py) and its revision in the header."""
         major, minor = int(self.version[0]), int(self.version[1])
         seen_dtype = np.int64 if major * 10 + minor >= 2 else np.int32
-        chunks = [np.asarray(self.version, dtype=np.int32).tobytes(), np.array([self.seen], dtype=seen_dtype).tobytes()]
+        header = np.array([major, minor, arithmetic(reader).revision], dtype=np.int32)
+        chunks = [header.tobytes(), np.array([self.seen], dtype=seen_dtype).tobytes()]
         with torch.no_grad():
             for _, conv, bn in self.conv_layers(cutoff):
-                params = ([bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [conv.bias])
+                if bn is not None:
+                    gamma, var = stats_for_reader(bn, reader)
+                params = [bn.bias, gamma, bn.running_mean, var] if bn is not None else [conv.bias]
                 for t in params + [conv.weight]:
                     chunks.append(t.detach().cpu().float().numpy().astype("<f4").tobytes())
         return b"".join(chunks)
 
-    def save_darknet_weights(self, path, cutoff=None):
+    def save_darknet_weights(self, path, cutoff=None, reader=DEFAULT_READER):
+        """Write a .weights file that ``reader`` (opencv, alexeyab, pjreddie) runs as this model."""
         with atomic_write(path, "wb") as f:
-            f.write(self.darknet_weights_bytes(cutoff))
+            f.write(self.darknet_weights_bytes(cutoff, reader))
 
     def checkpoint(self, **extra):
         """A dict that ``torch.load(weights_only=True)`` can read back, with the cfg text inside."""
@@ -245,24 +258,25 @@ def read_weights_file(path):
     return version, seen, data
 
 
-def load_model(cfg, weights=None, img_size=None, cutoff=None):
-    """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours."""
+def load_model(cfg, weights=None, img_size=None, cutoff=None, reader=None):
+    """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours;
+    ``reader`` as in Darknet.load_darknet_weights."""
     if isinstance(cfg, (str, os.PathLike)) and img_size is None:
         from utils.cli_checks import check_net_size
         check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))  # width=0 must not reach PyTorch
     model = Darknet(cfg, img_size)
     if weights:
-        load_weights(model, weights, cutoff)
+        load_weights(model, weights, cutoff, reader)
     return model
 
 
-def load_weights(model, path, cutoff=None):
+def load_weights(model, path, cutoff=None, reader=None):
     """Load Darknet weights or our checkpoint into ``model``; the format is read from the file's
     content, not its name (convert.py writes .pth/.ckpt as well as .pt)."""
     if is_torch_file(path):
         model.load_checkpoint_state(load_checkpoint(path), path)
     else:
-        model.load_darknet_weights(path, cutoff)
+        model.load_darknet_weights(path, cutoff, reader)
     return model
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 import test as tester
 from models import Darknet, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from utils.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from utils.datasets import DEFAULT_AUG_HYP, LoadImagesAndLabels
 from utils.ema import ModelEMA
 from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
@@ -68,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--weights-cfg", type=checks.input_file, help="the cfg a Darknet --weights file was trained with (default: the .cfg "
                    "beside it, else solved from its size)")
     p.add_argument("--cutoff", type=checks.count, help="load --weights only into layers before this index")
+    p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER,
+                   help="last.weights/best.weights: " + READER_HELP)
     p.add_argument("--freeze", type=checks.count, default=0, help="freeze layers 0..N-1 (weights and BN statistics)")
     p.add_argument("--freeze-epochs", type=checks.count, help="unfreeze after this many epochs (default: all epochs)")
     p.add_argument("--epochs", type=checks.positive_int, default=None,
@@ -428,9 +431,9 @@ class GracefulStop:
 
 
 # ----------------------------------------------------------------------------- outputs
-def save_outputs(net, path_stem, ckpt_extra):
+def save_outputs(net, path_stem, ckpt_extra, reader=DEFAULT_READER):
     save_checkpoint(net.checkpoint(**ckpt_extra), path_stem + ".pt")
-    net.save_darknet_weights(path_stem + ".weights")
+    net.save_darknet_weights(path_stem + ".weights", reader=reader)
 
 
 def write_results_csv(path, rows):
@@ -578,7 +581,8 @@ class Trainer:
 
     def save_last(self, epoch, batch, partial):
         if self.ddp.master:
-            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
+            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial),
+                         self.opt.reader)
 
     # -- one optimizer step
     def step(self, imgs, targets, epoch, i):
@@ -669,9 +673,9 @@ class Trainer:
             if improved:
                 self.best_fitness = row["mAP50"]
             state = self._state(epoch + 1, 0)
-            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state)
+            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state, opt.reader)
             if improved:
-                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state)
+                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state, opt.reader)
             write_results_csv(os.path.join(opt.out, "results.csv"), self.results)
             if self.tb is not None:
                 for k, v in row.items():

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models import Darknet
+from utils.bn_readers import DEFAULT_READER
 from utils.errors import PruneError
 from utils.parse_config import write_model_cfg
 from utils.prune_graph import analyze
@@ -334,12 +335,13 @@ def prune(model, policy, percent=None, layer_keep=None, n_blocks=0):
     return current, plans
 
 
-def write_pruned(compact, folder, name):
-    """Write ``name.cfg`` and ``name.weights`` into ``folder``; check the byte count on the way."""
+def write_pruned(compact, folder, name, reader=DEFAULT_READER):
+    """Write ``name.cfg`` and ``name.weights`` (for ``reader``, utils/bn_readers.py) into ``folder``;
+    check the byte count on the way."""
     cfg_path = os.path.join(folder, f"{name}.cfg")
     weights_path = os.path.join(folder, f"{name}.weights")
     write_model_cfg(compact.all_defs, cfg_path)
-    compact.save_darknet_weights(weights_path)
+    compact.save_darknet_weights(weights_path, reader=reader)
     header = 20 if int(compact.version[0]) * 10 + int(compact.version[1]) >= 2 else 16
     expected = header + 4 * compact.darknet_float_count()
     if os.path.getsize(weights_path) != expected:
