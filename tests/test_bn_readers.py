@@ -140,3 +140,20 @@ def test_prune_records_the_reader_and_checks_its_arithmetic(trained, tmp_path):
     assert summary["reader_max_diff"] <= EXACT and summary["opencv_max_diff"] <= summary["opencv_tolerance"]
     assert header(summary["out_weights"]) == [0, 2, 5]
     assert "AlexeyAB Darknet's BN arithmetic (float64)" in proc.stdout
+
+
+def test_train_writes_its_weights_for_the_named_reader(tmp_path):
+    from models import model_from_checkpoint
+    from utils.synthetic import generate
+    generate(str(tmp_path / "shapes"), n_train=4, n_val=2, img_size=SIZE, seed=0, workers=1, progress=False)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--cfg", CFG, "--data",
+                           str(tmp_path / "shapes" / "shapes.data"), "--epochs", "1", "--img-size", str(SIZE),
+                           "--batch-size", "2", "--workers", "0", "--quiet", "--out", str(out), "--reader", "alexeyab"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    weights = str(out / "last.weights")
+    assert header(weights) == [0, 2, 5]
+    model = model_from_checkpoint(str(out / "last.pt"))
+    assert reader_difference(model, CFG, weights, "alexeyab", random_input(SIZE)) <= EXACT
