@@ -133,6 +133,7 @@ class Darknet(nn.Module):
         from the header revision); they are converted so that this model computes what it does.
         """
         version, seen, data = read_weights_file(path)
+        read_as = arithmetic(reader or reader_from_header(version)).name   # a bad name fails before any copy
         need = self.darknet_float_count(cutoff)
         cfg = self.cfg_path or "the cfg"
         if data.size < need or (cutoff is None and data.size != need):
@@ -162,7 +163,7 @@ class Darknet(nn.Module):
         with torch.no_grad():
             for t, chunk in pending:
                 t.copy_(torch.from_numpy(chunk.copy()).view_as(t))
-        self.read_as = reader or reader_from_header(version)
+        self.read_as = read_as
         for _, _, bn in self.conv_layers(cutoff):
             if bn is not None:
                 adopt_reader_stats(bn, self.read_as)
