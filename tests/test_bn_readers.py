@@ -18,6 +18,7 @@ from conftest import ROOT, cfg_path
 from models import Darknet, load_model
 from utils.bn_readers import (OPENCV_REVISION, READERS, arithmetic, convert_stats, model_arithmetic, reader_difference,
                               reader_from_header, reader_model, with_small_variances)
+from utils.errors import SlimError
 from utils.opencv_dnn import max_raw_difference, random_input
 from utils.parity import TOLERANCE
 from utils.torch_utils import randomize_weights
@@ -67,6 +68,11 @@ def test_header_revision_names_the_reader(trained):
         assert reader_from_header(header(path)) == reader
         assert Darknet(CFG).load_darknet_weights(path).read_as == reader
     assert reader_from_header([0, 2, 7]) == "opencv"   # a revision nobody writes: no conversion
+    fresh = Darknet(CFG)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(SlimError, match="pass one of opencv, alexeyab, pjreddie"):
+        fresh.load_darknet_weights(files["opencv"], reader="darknet")
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())   # refused before any copy
 
 
 def test_written_file_is_the_trained_model_only_in_its_readers_arithmetic(trained):
