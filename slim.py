@@ -24,6 +24,7 @@ from yoloslim.cli import checks
 from yoloslim.darknet.load import load_model
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write
+from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from yoloslim.pipeline.stages import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
 from yoloslim.train.config import TrainConfig
@@ -67,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--lr0", type=checks.positive_float)
     p.add_argument("--threads", type=checks.positive_int, help="torch threads (default: torch's; 1 on a busy machine)")
     p.add_argument("--latency-runs", type=checks.timed_runs, default=20)
+    p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help="the deployed pair: " + READER_HELP)
     args = p.parse_args(argv)
     if args.cfg and args.model != "narrow":
         p.error("--cfg applies to --model narrow; --model tiny derives its cfg from the COCO yolov3-tiny")
@@ -97,24 +99,31 @@ def starting_point(args, data):
     return cfg, coco["weights"]
 
 
-def deploy_checks(model, cfg, weights, img_size):
-    """Read the written pair back in the deployment runtimes: OpenCV DNN always, the original
-    Darknet where it is installed. Returns {runtime: difference relative to the head magnitude}."""
+def deploy_checks(model, cfg, weights, img_size, reader=DEFAULT_READER):
+    """Read the pair written for ``reader`` back in the deployment runtimes: OpenCV DNN always, the
+    reader's BN arithmetic in float64, the original Darknet where it is installed. A runtime the
+    file is not for is compared with the file as that runtime reads it (yoloslim/darknet/bn_readers.py).
+    Returns {runtime: difference relative to the head magnitude}."""
     import numpy as np
+    from yoloslim.darknet.bn_readers import as_read_by, check_written_pair
     from yoloslim.deploy.darknet_ref import darknet_difference, darknet_missing, run_darknet
-    from yoloslim.deploy.opencv_dnn import opencv_read_back
     from yoloslim.deploy.parity import TOLERANCE, within
-    diff, tolerance = opencv_read_back(model, cfg, weights, img_size)
+    diff, tolerance, reader_diff = check_written_pair(model, cfg, weights, reader, img_size)
     print(f"OpenCV DNN reads {cfg} + {weights}: difference {diff:.2e} of the head magnitude (tolerance {tolerance:.2g})")
+    print(f"{READERS[reader].label}'s BN arithmetic (float64) on them: difference {reader_diff:.2e} from PyTorch")
     if not within(diff, tolerance):
         raise SlimError(f"{cfg}: OpenCV's outputs differ from PyTorch by {diff:.3g}; please report this")
-    diffs = {"opencv": diff}
+    if not within(reader_diff):
+        raise SlimError(f"{weights}: in {READERS[reader].label}'s arithmetic it differs from PyTorch by "
+                        f"{reader_diff:.3g}; please report this")
+    diffs = {"opencv": diff, reader + "_arithmetic": reader_diff}
     missing = darknet_missing()
     if missing:
         print(f"Darknet check skipped: {missing}")
         return diffs
     x = np.random.default_rng(0).random((model.in_channels, img_size, img_size), dtype=np.float32)
-    diffs["darknet"] = darknet_difference(model, run_darknet(cfg, weights, x), x)
+    seen_by_darknet = model if reader == "pjreddie" else as_read_by(cfg, weights, "pjreddie")
+    diffs["darknet"] = darknet_difference(seen_by_darknet, run_darknet(cfg, weights, x), x)
     print(f"Darknet (libdarknet) reads them: difference {diffs['darknet']:.2e} of the head magnitude "
           f"(tolerance {TOLERANCE:.0e})")
     if not within(diffs["darknet"], TOLERANCE):
@@ -170,8 +179,9 @@ def main(argv=None):
 
     stage("6/6 deploy checks and measurements")
     final = load_model(pruned_cfg, tuned["last"], args.img_size).eval()
-    final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned")
-    diffs = deploy_checks(final, final_cfg, final_weights, args.img_size)
+    final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned",
+                                           args.reader)
+    diffs = deploy_checks(final, final_cfg, final_weights, args.img_size, args.reader)
     base_name = "base (fine-tuned" if weights else "base (trained"
     if during:
         rows = {base_name + " with sparsity)": measure(model, data, args.img_size, original_cfg, original_weights,
@@ -218,11 +228,12 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
     text = (f"# slim.py run\n\nCommand: `python slim.py {' '.join(sys.argv[1:])}` (--model {args.model})\n\n"
             f"Machine: {machine_line()}; latency = batch 1, median of {args.latency_runs} runs after 5 warm-up. "
             f"Wall time {seconds / 60:.1f} min (stages reused from the cache are not re-timed).\n\n{table}\n\n"
-            f"{targets}\n\nDeployed pair: `{final_cfg}`, `{final_weights}` ({checks}).\n")
+            f"{targets}\n\nDeployed pair: `{final_cfg}`, `{final_weights}`, written for {READERS[args.reader].label} "
+            f"({checks}).\n")
     with atomic_write(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "deploy_checks": diffs, "seconds": seconds}, f, indent=2)
+        json.dump({"rows": rows, "deploy_checks": diffs, "reader": args.reader, "seconds": seconds}, f, indent=2)
     src = os.path.join(args.out, "train" if args.sparse_epochs == 0 else "sparse", "gamma_history.png")
     if os.path.isfile(src):
         shutil.copy(src, os.path.join(args.out, "gamma_history.png"))

@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys  # noqa: E402  (imports below follow the environment setting on purpose)
 
 from yoloslim.cli import checks  # noqa: E402
+from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS  # noqa: E402
 from yoloslim.errors import SlimError, cli_main  # noqa: E402
 from yoloslim.io import is_torch_file  # noqa: E402
 from yoloslim.train.config import DEFAULT_EPOCHS, TrainConfig, parse_hyp, sparsity_policy  # noqa: E402
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--weights-cfg", type=checks.input_file, help="the cfg a Darknet --weights file was trained with (default: the .cfg "
                    "beside it, else solved from its size)")
     p.add_argument("--cutoff", type=checks.count, help="load --weights only into layers before this index")
+    p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER,
+                   help="last.weights/best.weights: " + READER_HELP)
     p.add_argument("--freeze", type=checks.count, default=0, help="freeze layers 0..N-1 (weights and BN statistics)")
     p.add_argument("--freeze-epochs", type=checks.count, help="unfreeze after this many epochs (default: all epochs)")
     p.add_argument("--epochs", type=checks.positive_int, default=None,

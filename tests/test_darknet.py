@@ -1,6 +1,8 @@
 """Our PyTorch model against the original Darknet (pjreddie, Debian's libdarknet) on the real COCO tiny.
 
-Raw maps are compared in Darknet's BN arithmetic and relative to each head's magnitude
+The real tiny's header (0.2.0) says pjreddie, so it is loaded in pjreddie's BN arithmetic and
+compared as it is. A model with small variances, written for pjreddie, must be what Darknet runs;
+written for OpenCV it must not be. Raw maps relative to each head's magnitude
 (yoloslim.deploy.parity.TOLERANCE = 1e-4); detections to 1 px and 0.01 in score.
 """
 import glob
@@ -21,6 +23,10 @@ from yoloslim.data.datasets import letterbox, read_image, to_tensor
 from yoloslim.errors import SlimError
 from yoloslim.eval.metrics import non_max_suppression
 from yoloslim.deploy.parity import TOLERANCE
+from conftest import cfg_path
+from yoloslim.darknet.model import Darknet
+from yoloslim.darknet.bn_readers import reader_model, with_small_variances
+from yoloslim.deploy.measure import randomize_weights
 
 PHOTOS = sorted(glob.glob("/usr/share/darknet/data/*.jpg"))
 SIZE = 416
@@ -39,6 +45,42 @@ def test_real_tiny_raw_outputs_match_darknet(tiny_on_photos):
     model, xs, runs = tiny_on_photos
     for path, x, run in zip(PHOTOS, xs, runs):
         assert darknet_difference(model, run, x) <= TOLERANCE, path
+
+
+def test_real_tiny_read_as_opencv_is_not_what_darknet_runs(tiny_on_photos, coco_tiny):
+    """The header decides: the same file read in OpenCV's arithmetic is further from Darknet."""
+    model, xs, runs = tiny_on_photos
+    as_opencv = load_model(coco_tiny["cfg"], coco_tiny["weights"], reader="opencv").eval()
+    ours = max(darknet_difference(model, r, x) for x, r in zip(xs, runs))
+    other = max(darknet_difference(as_opencv, r, x) for x, r in zip(xs, runs))
+    assert ours < other / 2, (ours, other)    # measured: 3.4e-7 against 1.0e-6
+
+
+@pytest.fixture(scope="module")
+def small_variance_pairs(darknet, tmp_path_factory):
+    """yolov3-narrow (yolov3's layers, small) with variances down to ~1e-4, written for pjreddie and for OpenCV."""
+    model = with_small_variances(randomize_weights(Darknet(cfg_path("yolov3-narrow")), seed=5), seed=5).eval()
+    folder = tmp_path_factory.mktemp("narrow")
+    x = np.random.default_rng(1).random((3, 96, 96), dtype=np.float32)
+    runs = {}
+    for reader in ("pjreddie", "opencv"):
+        weights = str(folder / f"{reader}.weights")
+        model.save_darknet_weights(weights, reader=reader)
+        runs[reader] = (weights, run_darknet(cfg_path("yolov3-narrow"), weights, x))
+    return model, x, runs
+
+
+def test_file_written_for_pjreddie_is_the_trained_model_in_darknet(small_variance_pairs):
+    model, x, runs = small_variance_pairs
+    assert darknet_difference(model, runs["pjreddie"][1], x) <= TOLERANCE
+    assert darknet_difference(model, runs["opencv"][1], x) > TOLERANCE   # the gap the writer closes
+
+
+def test_float64_pjreddie_arithmetic_is_what_darknet_computes(small_variance_pairs):
+    """The re-implementation the AlexeyAB and pjreddie checks rely on, against the real library."""
+    _, x, runs = small_variance_pairs
+    for weights, run in runs.values():
+        assert darknet_difference(reader_model(cfg_path("yolov3-narrow"), weights, "pjreddie"), run, x) <= TOLERANCE
 
 
 def our_detections(model, x, thresh=0.25, nms=0.45):

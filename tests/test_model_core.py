@@ -46,7 +46,7 @@ def test_writer_keeps_float_anchors_comments_and_unknown_keys():
 
 
 def test_real_tiny_matches_opencv(coco_tiny):
-    model = load_model(coco_tiny["cfg"], coco_tiny["weights"]).eval()
+    model = load_model(coco_tiny["cfg"], coco_tiny["weights"], reader="opencv").eval()  # as OpenCV reads the file
     x = random_input(416)
     diff = max_layout_difference(torch_in_opencv_layout(model, x),
                                  opencv_forward(read_net(coco_tiny["cfg"], coco_tiny["weights"], exact=True), x))
@@ -70,8 +70,9 @@ def test_random_weights_match_opencv(name, size, tmp_path):
 
 def test_weights_round_trip_is_byte_identical(coco_tiny, tmp_path):
     model = load_model(coco_tiny["cfg"], coco_tiny["weights"])
+    assert model.read_as == "pjreddie"          # header 0.2.0: converted on load, converted back on save
     out = tmp_path / "rt.weights"
-    model.save_darknet_weights(out)
+    model.save_darknet_weights(out, reader=model.read_as)
     assert out.read_bytes() == open(coco_tiny["weights"], "rb").read()
 
 

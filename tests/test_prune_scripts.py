@@ -1,10 +1,11 @@
 """Every prune script run as a user runs it, and every written pair read back in real Darknet.
 
 Models: the real COCO yolov3-tiny (416), and yolov3 / yolov3-spp with random weights written
-by our writer, their cfg copied with width=height=96 to keep the suite fast. Each written
-pair is loaded in pjreddie Darknet (yoloslim/deploy/darknet_ref.py) and compared with the same pair
-loaded in our PyTorch model: raw [yolo] maps within yoloslim.deploy.parity.TOLERANCE (1e-4 of each
-head's magnitude, w/h relative) on a random input.
+by our writer, their cfg copied with width=height=96 to keep the suite fast. Every script writes
+``--reader pjreddie``: each written pair is run in pjreddie Darknet (yoloslim/deploy/darknet_ref.py) and
+compared, with no BN adjustment, with the pruned model (the pair loaded by its header, which
+undoes the writer's conversion): raw [yolo] maps within yoloslim.deploy.parity.TOLERANCE (1e-4 of each
+head's magnitude, w/h relative) on a random input. OpenCV reads the same files as its own.
 """
 import json
 import os
@@ -72,7 +73,8 @@ def pruned(pairs, tmp_path_factory):
             _, script, flags, _ = next(c for c in CASES if c[0] == case)
             cfg, weights = pairs(model)
             work = tmp_path_factory.mktemp(f"{case}-{model}")
-            proc = run_script(script, "--cfg", cfg, "--weights", weights, *flags, "--out", str(work / "out"), cwd=work)
+            proc = run_script(script, "--cfg", cfg, "--weights", weights, *flags, "--reader", "pjreddie",
+                              "--out", str(work / "out"), cwd=work)
             summary_path = work / "out" / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
             done[(case, model)] = (proc, summary)
@@ -96,7 +98,9 @@ def test_script_writes_a_smaller_pair_that_opencv_reads(pruned, case, model):
 def test_written_pair_matches_in_darknet(darknet, pruned, case, model):
     proc, summary = pruned(case, model)
     assert proc.returncode == 0, proc.stderr
+    assert summary["reader"] == "pjreddie" and summary["reader_max_diff"] <= 1e-6
     compact = load_model(summary["out_cfg"], summary["out_weights"]).eval()
+    assert compact.read_as == "pjreddie"
     size = compact.img_size[0]
     x = np.random.default_rng(3).random((3, size, size), dtype=np.float32)
     run = run_darknet(summary["out_cfg"], summary["out_weights"], x)

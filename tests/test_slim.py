@@ -37,12 +37,13 @@ def test_slim_runs_from_coco_tiny_and_reruns_only_what_changed(coco_tiny, tmp_pa
 
 
 def test_slim_with_sparsity_during_the_fine_tune_prunes_the_trained_model(coco_tiny, tmp_path):
-    out = run_slim(tmp_path, "--sparse-epochs", "0", "--s", "0.003")
+    out = run_slim(tmp_path, "--sparse-epochs", "0", "--s", "0.003", "--reader", "pjreddie")
     assert "sparsity training: done in stage 2" in out
     assert not os.path.exists(tmp_path / "run" / "sparse")          # no separate stage was trained
     report = json.load(open(tmp_path / "run" / "report.json"))
     rows = report["rows"]
-    if darknet_missing() is None:                                   # CI installs it: the pair runs in Darknet too
+    assert report["reader"] == "pjreddie" and report["deploy_checks"]["pjreddie_arithmetic"] <= 1e-6
+    if darknet_missing() is None:                                   # CI installs it: the trained model runs in Darknet
         assert report["deploy_checks"]["darknet"] <= TOLERANCE and "Darknet (libdarknet) reads them" in out
     assert list(rows) == ["base (fine-tuned with sparsity)", "pruned", "pruned + fine-tuned"]
     assert rows["pruned"]["params"] < rows["base (fine-tuned with sparsity)"]["params"]

@@ -13,12 +13,12 @@ from yoloslim.errors import PruneError
 from yoloslim.cli import checks
 from yoloslim.io import atomic_folder, atomic_write, claim_folder, is_torch_file
 from yoloslim.deploy.latency import CHEAP, RUNTIMES, Deployable, default_runtimes, describe, latency_columns, runtime_list
-from yoloslim.deploy.opencv_dnn import opencv_read_back
 from yoloslim.deploy.parity import within
 from yoloslim.pipeline.stages import measure
 from yoloslim.prune.graph import analyze
 from yoloslim.prune.report import channel_table, comparison_table
 from yoloslim.prune.engine import POLICIES, make_units, prune, unit_scores, write_pruned
+from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS, check_written_pair
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
 SPARSE_ENOUGH = 0.1  # a sparsity-trained model has at least this share of gammas near zero
@@ -46,6 +46,8 @@ def base_parser(description, percent_default=0.5):
                         f"(when left out: those of {','.join(CHEAP)} that are installed)")
     p.add_argument("--threads", type=checks.positive_int, default=os.cpu_count(),
                    help="threads set in each runtime for the latency runs")
+    p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help=READER_HELP)
+    p.add_argument("--input-reader", choices=["auto", *READERS], default="auto", help=INPUT_READER_HELP)
     return p
 
 
@@ -136,7 +138,10 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     policy = POLICIES[policy] if isinstance(policy, str) else policy
     percent = args.percent if channels else None
     validate_inputs(args, channels)
-    model = load_model(args.cfg, args.weights, args.img_size).eval()
+    model = load_model(args.cfg, args.weights, args.img_size,
+                       reader=None if args.input_reader == "auto" else args.input_reader).eval()
+    if model.read_as:
+        print(f"{args.weights}: BN statistics read as written for {READERS[model.read_as].label}")
     graph = analyze(model.module_defs)
     if percent is not None:
         sparsity_report(model, graph, policy, percent)
@@ -161,15 +166,21 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
 
 def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem):
     """Write the pair into ``work`` (renamed to ``folder`` afterwards), verify and measure it."""
-    work_cfg, work_weights = write_pruned(compact, work, f"{stem}-{method}")
+    work_cfg, work_weights = write_pruned(compact, work, f"{stem}-{method}", args.reader)
     cfg_out, weights_out = (os.path.join(folder, os.path.basename(p)) for p in (work_cfg, work_weights))
     size = args.img_size or model.img_size[0]
-    diff, tolerance = opencv_read_back(compact, work_cfg, work_weights, size)
-    print(f"wrote {cfg_out} and {weights_out}; OpenCV DNN reads them back with max |diff| {diff:.2e} "
-          f"of the head magnitude (tolerance {tolerance:.2g}; surgery {surgery_s:.2f} s)")
+    diff, tolerance, reader_diff = check_written_pair(compact, work_cfg, work_weights, args.reader, size)
+    label = READERS[args.reader].label
+    as_read = "" if args.reader == "opencv" else " (its numbers; the BN arithmetic is checked next)"
+    print(f"wrote {cfg_out} and {weights_out} for {label}; OpenCV DNN reads them back with max |diff| {diff:.2e} "
+          f"of the head magnitude{as_read} (tolerance {tolerance:.2g}; surgery {surgery_s:.2f} s)")
+    print(f"{label}'s BN arithmetic (float64) on the written pair: max |diff| {reader_diff:.2e} from the pruned model")
     if not within(diff, tolerance):
         raise PruneError(f"{cfg_out}: OpenCV's outputs differ from the pruned model by {diff:.3g} of the head "
                          f"magnitude (tolerance {tolerance:.2g}); please report this")
+    if not within(reader_diff):
+        raise PruneError(f"{weights_out}: in {label}'s arithmetic the pair is {reader_diff:.3g} of the head "
+                         f"magnitude from the pruned model; please report this")
 
     darknet_input = not is_torch_file(args.weights)  # a checkpoint has no Darknet pair: OpenCV times one written from it
     before = measure(model, args.data, size, runs=0)   # latency below, the two models interleaved
@@ -190,6 +201,7 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
               "pass --data to compare mAP@0.5 before and after")
     summary = {"method": method, "cfg": args.cfg, "weights": args.weights, "percent": args.percent,
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,
+               "reader": args.reader, "reader_max_diff": reader_diff, "input_read_as": model.read_as,
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
                "latency": latency,
                "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None)}

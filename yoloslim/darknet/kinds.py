@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from yoloslim.errors import CfgError, PruneError
 
 # OpenCV divides by sqrt(var + 1e-6), as we do; pjreddie Darknet by sqrt(var) + 1e-6 and AlexeyAB by
-# sqrt(var + 1e-5): the differences show only where a channel's variance is tiny. Measured on COCO
-# yolov3-tiny: 3e-6 from OpenCV (eps 1e-5 would be 1.5e-4), 5e-5 from pjreddie Darknet, whose own
-# formula yoloslim/deploy/darknet_ref.py:with_darknet_bn reproduces for the Darknet checks.
+# sqrt(var + 1e-5). Files are written and read for a named reader, whose arithmetic the statistics
+# are converted to and from (yoloslim/darknet/bn_readers.py), so each reader computes the model exactly.
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.03     # PyTorch convention (1 - Darknet's .97 rolling average)
 

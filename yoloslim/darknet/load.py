@@ -23,11 +23,11 @@ def net_width(cfg=None, weights=None):
     return int(defs[0].get("width", 416))
 
 
-def load_any(cfg=None, weights=None, img_size=None, cutoff=None):
+def load_any(cfg=None, weights=None, img_size=None, cutoff=None, reader=None):
     """The model every command line loads: ``cfg`` (+ optional ``weights``), or the cfg carried
     inside a checkpoint of ours when ``cfg`` is not given."""
     if cfg:
-        return load_model(cfg, weights, img_size, cutoff)
+        return load_model(cfg, weights, img_size, cutoff, reader)
     if weights and is_torch_file(weights):
         return model_from_checkpoint(weights, img_size)
     if not weights:
@@ -35,23 +35,24 @@ def load_any(cfg=None, weights=None, img_size=None, cutoff=None):
     raise WeightsError(f"{weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
 
 
-def load_model(cfg, weights=None, img_size=None, cutoff=None):
-    """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours."""
+def load_model(cfg, weights=None, img_size=None, cutoff=None, reader=None):
+    """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours;
+    ``reader`` as in Darknet.load_darknet_weights."""
     if isinstance(cfg, (str, os.PathLike)) and img_size is None:
         check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))  # width=0 must not reach PyTorch
     model = Darknet(cfg, img_size)
     if weights:
-        load_weights(model, weights, cutoff)
+        load_weights(model, weights, cutoff, reader)
     return model
 
 
-def load_weights(model, path, cutoff=None):
+def load_weights(model, path, cutoff=None, reader=None):
     """Load Darknet weights or our checkpoint into ``model``; the format is read from the file's
     content, not its name (convert.py writes .pth/.ckpt as well as .pt)."""
     if is_torch_file(path):
         model.load_checkpoint_state(load_checkpoint(path), path)
     else:
-        model.load_darknet_weights(path, cutoff)
+        model.load_darknet_weights(path, cutoff, reader)
     return model
 
 

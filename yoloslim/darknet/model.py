@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from yoloslim.darknet.bn_readers import DEFAULT_READER, adopt_reader_stats, arithmetic, reader_from_header, stats_for_reader
 from yoloslim.darknet.cfg import cfg_to_text, parse_model_cfg
 from yoloslim.darknet.kinds import check_section, get_int, kind_of, layer_shapes, layer_sources
 from yoloslim.darknet.weights import (DEFAULT_VERSION, describe_darknet_param, header_bytes, non_finite_text,
@@ -67,6 +68,7 @@ class Darknet(nn.Module):
             self.img_size = (self.img_size, self.img_size)
         self.version = np.array(DEFAULT_VERSION, dtype=np.int32)
         self.seen = 0
+        self.read_as = None  # the reader whose BN arithmetic the loaded .weights held (bn_readers.py)
         # outputs that a later route/shortcut reads must be kept during forward
         self._kept = {j for srcs in layer_sources(self.module_defs) for j in srcs}
 
@@ -122,13 +124,16 @@ class Darknet(nn.Module):
             total += conv.weight.numel() + (4 * bn.num_features if bn is not None else conv.out_channels)
         return total
 
-    def load_darknet_weights(self, path, cutoff=None):
+    def load_darknet_weights(self, path, cutoff=None, reader=None):
         """Load a Darknet .weights file; refuse one whose size does not fit the cfg.
 
         With ``cutoff`` only layers before that index are loaded (backbone files such as
-        darknet53.conv.74) and the file may hold more than those layers need.
+        darknet53.conv.74) and the file may hold more than those layers need. ``reader``: the
+        program whose BN arithmetic the file's statistics are for (bn_readers.py; None: from the
+        header revision); they are converted so that this model computes what that reader does.
         """
         version, seen, data = read_weights_file(path)
+        read_as = arithmetic(reader or reader_from_header(version)).name   # a bad name fails before any copy
         need = self.darknet_float_count(cutoff)
         cfg = self.cfg_path or "the cfg"
         if data.size < need or (cutoff is None and data.size != need):
@@ -158,6 +163,10 @@ class Darknet(nn.Module):
         with torch.no_grad():
             for t, chunk in pending:
                 t.copy_(torch.from_numpy(chunk.copy()).view_as(t))
+        self.read_as = read_as
+        for _, _, bn in self.conv_layers(cutoff):
+            if bn is not None:
+                adopt_reader_stats(bn, self.read_as)
         self.version, self.seen = version, seen
         return self
 
@@ -169,19 +178,24 @@ class Darknet(nn.Module):
                 return i
         return None
 
-    def darknet_weights_bytes(self, cutoff=None):
-        """The .weights file content for this model (header + floats), as bytes."""
-        chunks = [header_bytes(self.version, self.seen)]
+    def darknet_weights_bytes(self, cutoff=None, reader=DEFAULT_READER):
+        """The .weights file content for this model (header + floats), as bytes, with the BN
+        statistics written for ``reader`` (bn_readers.py) and its revision in the header."""
+        version = (int(self.version[0]), int(self.version[1]), arithmetic(reader).revision)
+        chunks = [header_bytes(version, self.seen)]
         with torch.no_grad():
             for _, conv, bn in self.conv_layers(cutoff):
-                params = ([bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [conv.bias])
+                if bn is not None:
+                    gamma, var = stats_for_reader(bn, reader)
+                params = [bn.bias, gamma, bn.running_mean, var] if bn is not None else [conv.bias]
                 for t in params + [conv.weight]:
                     chunks.append(t.detach().cpu().float().numpy().astype("<f4").tobytes())
         return b"".join(chunks)
 
-    def save_darknet_weights(self, path, cutoff=None):
+    def save_darknet_weights(self, path, cutoff=None, reader=DEFAULT_READER):
+        """Write a .weights file that ``reader`` (opencv, alexeyab, pjreddie) runs as this model."""
         with atomic_write(path, "wb") as f:
-            f.write(self.darknet_weights_bytes(cutoff))
+            f.write(self.darknet_weights_bytes(cutoff, reader))
 
     def checkpoint(self, **extra):
         """A dict that ``torch.load(weights_only=True)`` can read back, with the cfg text inside."""

@@ -12,8 +12,10 @@ never the caller's, and its last words become one ``SlimError`` line.
 
 What Darknet computes, and how it differs from our model:
 
-- BN divides by ``sqrt(var) + 1e-6`` (OpenCV and our model: ``sqrt(var + 1e-6)``); they agree
-  to ~1e-6 relative unless a channel's variance is tiny.
+- BN divides by ``sqrt(var) + 1e-6`` (OpenCV and our model: ``sqrt(var + 1e-6)``). A file
+  written with ``reader="pjreddie"`` holds statistics that make this Darknet compute the model
+  itself, and one whose header says pjreddie (revision 0) is loaded that way
+  (yoloslim/darknet/bn_readers.py), so the comparison below is with the model as it is, never adjusted.
 - A ``[yolo]`` layer's output is the head conv's output with logistic applied in place to x, y,
   objectness and every class score (w and h stay raw): ``darknet_layout`` puts our raw maps
   in that form.
@@ -115,36 +117,20 @@ def darknet_layout(model, raw):
     return outs
 
 
-def with_darknet_bn(model):
-    """A copy of ``model`` that normalizes as pjreddie Darknet does, x / (sqrt(var) + 1e-6).
-
-    Our BN divides by sqrt(var + eps). Rewriting each running variance so that
-    sqrt(var' + eps) = sqrt(var) + 1e-6 leaves only float rounding between the two, which is
-    what a parity check should measure.
-    """
-    import copy
-    import torch
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for _, _, bn in twin.conv_layers():
-            if bn is not None:
-                std = bn.running_var.double().clamp_min(0).sqrt() + 1e-6
-                bn.running_var.copy_((std * std - bn.eps).clamp_min(0).to(bn.running_var.dtype))
-    return twin
-
-
 def darknet_difference(model, run, x):
     """Largest scaled difference (yoloslim.deploy.parity) between ``model`` on ``x`` (1x3xHxW) and a DarknetRun.
 
-    The model is compared in Darknet's BN arithmetic (``with_darknet_bn``), every head
-    relative to its magnitude; w and h relative to their value as well.
+    ``model`` is what Darknet should compute: the trained model when the pair was written for
+    pjreddie, else the pair as pjreddie reads it (yoloslim.darknet.bn_readers.as_read_by). Every head is
+    compared relative to its magnitude; w and h relative to their value as well.
     """
     import torch
     from yoloslim.deploy.parity import scaled_difference
-    twin = with_darknet_bn(model).eval()
+    model = model.eval()
+    dtype = next(model.parameters()).dtype   # float64 models (yoloslim.darknet.bn_readers.reader_model) too
     with torch.no_grad():
-        raw = twin.forward_raw(torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(1, 3, *np.shape(x)[-2:]))
-    ours = darknet_layout(twin, raw)
+        raw = model.forward_raw(torch.as_tensor(np.asarray(x), dtype=dtype).reshape(1, 3, *np.shape(x)[-2:]))
+    ours = darknet_layout(model, raw)
     if len(ours) != len(run.yolo):
         return float("inf")
     scales = [max(1.0, float(r.abs().max())) for r in raw]

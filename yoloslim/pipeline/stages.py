@@ -190,9 +190,9 @@ def prune_checkpoint(weights, method):
     return model, compact, plans
 
 
-def save_pruned(compact, folder, name):
+def save_pruned(compact, folder, name, reader="opencv"):
     os.makedirs(folder, exist_ok=True)
-    return write_pruned(compact, folder, name)
+    return write_pruned(compact, folder, name, reader)
 
 
 def measure(model, data=None, img_size=None, cfg_path=None, weights_path=None, runs=20, max_images=None):

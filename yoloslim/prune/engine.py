@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from yoloslim.darknet.bn_readers import DEFAULT_READER
 from yoloslim.darknet.model import Darknet
 from yoloslim.darknet.weights import header_size
 from yoloslim.errors import PruneError
@@ -335,12 +336,13 @@ def prune(model, policy, percent=None, layer_keep=None, n_blocks=0):
     return current, plans
 
 
-def write_pruned(compact, folder, name):
-    """Write ``name.cfg`` and ``name.weights`` into ``folder``; check the byte count on the way."""
+def write_pruned(compact, folder, name, reader=DEFAULT_READER):
+    """Write ``name.cfg`` and ``name.weights`` (for ``reader``, yoloslim/darknet/bn_readers.py) into ``folder``;
+    check the byte count on the way."""
     cfg_path = os.path.join(folder, f"{name}.cfg")
     weights_path = os.path.join(folder, f"{name}.weights")
     write_model_cfg(compact.all_defs, cfg_path)
-    compact.save_darknet_weights(weights_path)
+    compact.save_darknet_weights(weights_path, reader=reader)
     expected = header_size(*compact.version[:2]) + 4 * compact.darknet_float_count()
     if os.path.getsize(weights_path) != expected:
         raise PruneError(f"{weights_path}: wrote {os.path.getsize(weights_path)} bytes, expected {expected}")

@@ -62,6 +62,7 @@ class TrainConfig:
     no_amp: bool = False
     seed: int = 0
     quiet: bool = False
+    reader: str = "opencv"                 # whose BN arithmetic last/best.weights are written for (bn_readers.py)
     epochs_given: bool = True              # on resume, an explicit epoch count extends the run
 
     def __post_init__(self):

@@ -140,9 +140,9 @@ def set_lr(optimizer, lr):
 
 
 # ----------------------------------------------------------------------------- outputs
-def save_outputs(net, path_stem, ckpt_extra):
+def save_outputs(net, path_stem, ckpt_extra, reader):
     save_checkpoint(net.checkpoint(**ckpt_extra), path_stem + ".pt")
-    net.save_darknet_weights(path_stem + ".weights")
+    net.save_darknet_weights(path_stem + ".weights", reader=reader)
 
 
 def write_results_csv(path, rows):
@@ -290,7 +290,8 @@ class Trainer:
 
     def save_last(self, epoch, batch, partial):
         if self.ddp.master:
-            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial))
+            save_outputs(self.deployed(), os.path.join(self.opt.out, "last"), self._state(epoch, batch, partial),
+                         self.opt.reader)
 
     # -- one optimizer step
     def step(self, imgs, targets, epoch, i):
@@ -381,9 +382,9 @@ class Trainer:
             if improved:
                 self.best_fitness = row["mAP50"]
             state = self._state(epoch + 1, 0)
-            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state)
+            save_outputs(self.deployed(), os.path.join(opt.out, "last"), state, opt.reader)
             if improved:
-                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state)
+                save_outputs(self.deployed(), os.path.join(opt.out, "best"), state, opt.reader)
             write_results_csv(os.path.join(opt.out, "results.csv"), self.results)
             if self.tb is not None:
                 for k, v in row.items():
