@@ -69,6 +69,7 @@ activation=linear
 mask=0,1,2
 anchors=10,14, 23,27, 37,58
 classes=1
+num=3
 """
 
 
@@ -162,6 +163,33 @@ def test_yolo_filters_inconsistent_with_classes_and_mask(tmp_path, old, new):
 def test_yolo_mask_selecting_missing_anchors(tmp_path):
     path = write(tmp_path, "mask.cfg", edit(SMALL_CFG, "mask=0,1,2", "mask=1,2,3"))
     expect(CfgError, build(path), re.escape(path), r"mask=.*anchors that do not exist")
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("num=3", "", r"write num=3 .*explicitly"),                                           # Darknet: 1, OpenCV: none
+    ("num=3", "num=2", r"num=2 but anchors= holds 3 pairs"),                              # more anchors than num
+    ("num=3", "num=4", r"num=4 but anchors= holds 3 pairs"),                              # fewer anchors than num
+    ("mask=0,1,2", "", r"write mask= explicitly"),
+    ("mask=0,1,2", "mask=0,1,-1", r"mask=0,1,-1 selects anchors that do not exist \(-1 is not in 0\.\.2"),
+])
+def test_yolo_num_anchors_and_mask_as_darknet_and_opencv_need_them(tmp_path, old, new, words):
+    path = write(tmp_path, "num.cfg", edit(SMALL_CFG, old, new))
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":\d+ \[yolo\]", words)
+
+
+def test_yolo_mask_beyond_num_refused_by_the_prune_script(tmp_path):
+    """cspx-p7-mish's shape: num=16 with 20 anchor pairs and masks up to 19. Refused at parse time,
+    naming the line, before any model is built or folder claimed (OpenCV could not load the output)."""
+    anchors = ", ".join(f"{4 * k},{4 * k + 2}" for k in range(1, 21))
+    p7 = edit(edit(SMALL_CFG, "anchors=10,14, 23,27, 37,58", f"anchors={anchors}"), "mask=0,1,2", "mask=17,18,19")
+    beyond = edit(SMALL_CFG, "mask=0,1,2", "mask=1,2,3")
+    out = tmp_path / "out"
+    for name, text, words in (("p7.cfg", edit(p7, "num=3", "num=16"), r"num=16 but anchors= holds 20 pairs"),
+                              ("beyond.cfg", beyond, r"mask=1,2,3 selects anchors that do not exist \(3 is not")):
+        path = write(tmp_path, name, text)
+        done = run_cli("shortcut_prune.py", "--cfg", path, "--weights", path, "--out", out, "--latency-runs", "0")
+        assert_one_line_error(done, re.escape(path) + r":\d+ \[yolo\]", words)
+    assert not out.exists()
 
 
 def test_cfg_that_is_not_text_or_missing(tmp_path):
