@@ -10,7 +10,7 @@ from utils.prune_cli import base_parser, run_prune
 
 def main(argv=None):
     args = base_parser(__doc__, percent_default=0.8).parse_args(argv)
-    return run_prune(args, "shortcut", "shortcut")
+    return run_prune(args, "shortcut", "shortcut", needs_shortcuts=True)
 
 
 if __name__ == "__main__":

@@ -348,7 +348,10 @@ INPUT_CASES = (
 )
 # the labels are broken in a way only reading the data set shows: the pruned pair is already
 # written (in the hidden work folder) when measuring fails, and nothing may look finished
-LATE_CASES = [case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE]
+LATE_CASES = [case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE if s != "shortcut_prune.py"]
+# a model the method cannot prune differently from another method: refused after loading, before any work
+WRONG_MODEL_CASES = [case("shortcut_prune.py", {}, r"tiny\.cfg: has no \[shortcut\] where prunable convs meet.*"
+                                                   r"use normal_prune\.py \(or prune_tiny\.py")]
 
 
 @pytest.mark.parametrize("case_id", INPUT_CASES)
@@ -362,6 +365,11 @@ def test_failure_after_pruning_leaves_no_output_folder(outcomes, case_id):
     assert "kept channels" in done.stdout        # it did prune before failing
     out = outcomes[case_id][2]
     assert not os.path.exists(out) and not os.listdir(os.path.dirname(out)), "a folder or temporary was left"
+
+
+@pytest.mark.parametrize("case_id", WRONG_MODEL_CASES)
+def test_method_that_does_not_fit_the_model_refused(outcomes, case_id):
+    check_refusal(outcomes, case_id)
 
 
 # ----------------------------------------------------------------------------- 4. NaN and Inf
