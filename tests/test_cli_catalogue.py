@@ -130,6 +130,15 @@ def ws(tmp_path_factory):
     (root / "bad" / "labels" / "0.txt").write_text("1 0.5 0.5 1.7 0.3\n")
     (root / "badvalid.txt").write_text("bad/images/0.jpg\n")
     p["data_badlabel"] = write_data(root, "badlabel.data", valid="badvalid.txt", train="badvalid.txt")
+    # label files no reader may take for "no objects" or turn into a traceback: not UTF-8, a folder
+    for kind, make in (("binlabel", lambda path: path.write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe 1 0.5\n")),
+                       ("dirlabel", lambda path: path.mkdir())):
+        (root / kind / "images").mkdir(parents=True)
+        (root / kind / "labels").mkdir()
+        cv2.imwrite(str(root / kind / "images" / "0.jpg"), np.zeros((64, 64, 3), np.uint8))
+        make(root / kind / "labels" / "0.txt")
+        (root / f"{kind}.txt").write_text(f"{kind}/images/0.jpg\n")
+        p[f"data_{kind}"] = write_data(root, f"{kind}.data", valid=f"{kind}.txt", train=f"{kind}.txt")
 
     p["afile"] = str(root / "notes.txt")
     (root / "notes.txt").write_text("not a folder\n")
@@ -345,10 +354,16 @@ INPUT_CASES = (
        case("prune_tiny.py", {"--cfg": "/dev/zero"}, r"--cfg: /dev/zero: not a regular file"),
        case("convert.py", {"--out": "{weights}"}, r"overwrite the input"),
        case("export.py", {"--out": "{out}.onnx.txt"}, r"must end in \.onnx")]
+    + [case(s, {"--data": "{data_binlabel}"}, r"binlabel/labels/0\.txt: not a UTF-8 text file \(byte \d+.*UTF-8")
+       for s in ("test.py", "train.py")]
+    + [case(s, {"--data": "{data_dirlabel}"}, r"dirlabel/labels/0\.txt: is a folder, not a label file; remove or rename")
+       for s in ("test.py", "train.py")]
 )
 # the labels are broken in a way only reading the data set shows: the pruned pair is already
 # written (in the hidden work folder) when measuring fails, and nothing may look finished
-LATE_CASES = [case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE if s != "shortcut_prune.py"]
+LATE_CASES = ([case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE if s != "shortcut_prune.py"]
+              + [case("normal_prune.py", {"--data": "{data_binlabel}"}, r"binlabel/labels/0\.txt: not a UTF-8"),
+                 case("prune_tiny.py", {"--data": "{data_dirlabel}"}, r"dirlabel/labels/0\.txt: is a folder")])
 # a model the method cannot prune differently from another method: refused after loading, before any work
 WRONG_MODEL_CASES = [case("shortcut_prune.py", {}, r"tiny\.cfg: has no \[shortcut\] where prunable convs meet.*"
                                                    r"use normal_prune\.py \(or prune_tiny\.py")]

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import DataError
+from utils.text_input import read_text_lines, refuse_non_regular
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PAD_COLOR = (114, 114, 114)
@@ -63,6 +64,7 @@ def label_path_for(img_path):
 
 def check_image_file(path, where):
     """Cheap up-front image check (exists, not empty, a format cv2 can decode); `where` names the source."""
+    refuse_non_regular(path, f"image (listed at {where})")
     if not os.path.isfile(path):
         raise DataError(f"{where}: image '{path}' does not exist; fix the path or remove the line")
     if os.path.getsize(path) == 0:
@@ -96,14 +98,13 @@ def read_image_list(path):
         raise DataError(f"{path}: image list not found; check the train=/valid= entry of the .data file")
     list_dir = os.path.dirname(os.path.abspath(path))
     files = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            img = resolve_entry(entry, list_dir)
-            check_image_file(img, f"{path}:{lineno}")
-            files.append(img)
+    for lineno, line in enumerate(read_text_lines(path, "image list", "write one image path per line"), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        img = resolve_entry(entry, list_dir)
+        check_image_file(img, f"{path}:{lineno}")
+        files.append(img)
     if not files:
         raise DataError(f"{path}: image list is empty; write one image path per line")
     return files
@@ -141,20 +142,21 @@ def parse_label_file(path, nc=None):
     A missing file is an image without objects. ``nc`` (number of classes) enables the
     class-range check.
     """
+    refuse_non_regular(path, "label file")   # a folder is not "no objects"
     if not os.path.isfile(path):
         return np.zeros((0, 5), np.float32)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise DataError(f"{path}:{lineno}: expected 5 values 'class cx cy w h', found {len(fields)}; "
-                                f"fix or delete the line")
-            values = [_parse_number(t, path, lineno) for t in fields]
-            _check_label_values(values, path, lineno, nc)
-            rows.append(values)
+    lines = read_text_lines(path, "label file", "write it as UTF-8 text, one 'class cx cy w h' per line")
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise DataError(f"{path}:{lineno}: expected 5 values 'class cx cy w h', found {len(fields)}; "
+                            f"fix or delete the line")
+        values = [_parse_number(t, path, lineno) for t in fields]
+        _check_label_values(values, path, lineno, nc)
+        rows.append(values)
     if not rows:
         return np.zeros((0, 5), np.float32)
     labels = np.array(rows, np.float64)
