@@ -582,3 +582,28 @@ def test_cli_main_reports_environment_errors_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: /some/out/x.weights: Permission denied")
+
+
+# ----------------------------------------------------------------------------- degenerate images
+@pytest.mark.parametrize("h, w", [(2, 4000), (4000, 2), (1, 1), (1, 5000)])
+def test_letterbox_never_makes_a_zero_pixel_side(h, w):
+    from utils.datasets import letterbox
+    img = np.full((h, w, 3), 200, np.uint8)
+    out, ratio, (dw, dh) = letterbox(img, 64)
+    assert out.shape == (64, 64, 3)
+    assert (out == 200).any(), "the image itself was lost"
+    assert 0 <= dw < 64 and 0 <= dh < 64 and ratio == min(64 / h, 64 / w)
+
+
+def test_detect_on_a_very_wide_image(tmp_path, small_weights):
+    """A 4000x2 strip: processed like any image (one drawn output, exit 0), not an OpenCV assertion."""
+    import cv2
+    cfg, blob = small_weights
+    weights = write(tmp_path, "small.weights", blob)
+    image = str(tmp_path / "strip.png")
+    cv2.imwrite(image, np.full((2, 4000, 3), 255, np.uint8))
+    done = run_cli("detect.py", "--cfg", cfg, "--weights", weights, "--source", image, "--img-size", "64",
+                   "--out", tmp_path / "det")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    drawn = cv2.imread(str(tmp_path / "det" / "strip.png"))
+    assert drawn is not None and drawn.shape == (2, 4000, 3)

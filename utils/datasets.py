@@ -186,7 +186,8 @@ def letterbox(img, new_shape, color=PAD_COLOR, auto=False, stride=STRIDE):
         new_shape = (new_shape, new_shape)
     h0, w0 = img.shape[:2]
     ratio = min(new_shape[0] / h0, new_shape[1] / w0)
-    new_w, new_h = int(round(w0 * ratio)), int(round(h0 * ratio))
+    # at least one pixel: a 4000x2 strip would round its height to 0, which cv2.resize refuses
+    new_w, new_h = max(1, int(round(w0 * ratio))), max(1, int(round(h0 * ratio)))
     if auto:
         new_shape = (int(math.ceil(new_h / stride) * stride), int(math.ceil(new_w / stride) * stride))
     pad_w, pad_h = new_shape[1] - new_w, new_shape[0] - new_h
