@@ -41,7 +41,7 @@ from utils.ema import ModelEMA
 from utils.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
 from utils.errors import DataError, SlimError, cli_main
 from utils import cli_checks as checks
-from utils.io import atomic_write, is_torch_file
+from utils.io import atomic_write, claim_folder, is_torch_file
 from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
@@ -76,7 +76,8 @@ def parse_args(argv=None):
                    "steps beat bigger batches at this scale, docs/TRAINING.md)")
     p.add_argument("--img-size", type=checks.img_size,
                    help="train/test size in pixels, rounded up to a multiple of 32 (default: the cfg's width)")
-    p.add_argument("--out", default="runs/train", type=checks.output_dir, help="run folder for checkpoints and results")
+    p.add_argument("--out", default="runs/train", type=checks.output_dir,
+                   help="run folder for checkpoints and results; a new run takes --out-2, -3, ... when it exists")
     p.add_argument("--exist-ok", action="store_true", help="allow writing into an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
@@ -272,14 +273,26 @@ def _as_tuple(x):
 
 # ----------------------------------------------------------------------------- run folder
 def prepare_run_folder(opt, ddp):
-    """Refuse to reuse a non-empty run folder unless --resume or --exist-ok."""
-    exists = os.path.isdir(opt.out) and os.listdir(opt.out)
+    """A resumed run needs its last.pt; a new run's folder is claimed at the end of setup."""
     if opt.resume and not os.path.isfile(os.path.join(opt.out, "last.pt")):
         raise SlimError(f"{opt.out}: no last.pt to resume from; start the run without --resume")
-    if exists and not (opt.resume or opt.exist_ok):
-        raise SlimError(f"{opt.out}: run folder exists and is not empty; pick another --out, "
-                        f"or pass --resume to continue it or --exist-ok to write into it")
     ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
+
+
+def claim_run_folder(opt, ddp):
+    """A new run claims its folder as the prune scripts do (os.mkdir: --out, else --out-2, -3, ...),
+    so two runs given one --out, even started at once, never write into one folder. --resume and
+    --exist-ok write into --out as given. Under torchrun rank 0 claims and every rank takes its name."""
+    if opt.resume or opt.exist_ok:
+        if ddp.master:
+            os.makedirs(opt.out, exist_ok=True)
+        return
+    name = [claim_folder(opt.out) if ddp.master else None]
+    if ddp.enabled:
+        dist.broadcast_object_list(name, src=0)
+    if name[0] != os.fspath(opt.out).rstrip(os.sep) and ddp.master:
+        print(f"note: {opt.out} is taken; this run writes into {name[0]}", file=sys.stderr)
+    opt.out = name[0]
 
 
 def apply_saved_options(opt, saved):
@@ -507,8 +520,7 @@ class Trainer:
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
         if self.ckpt is not None:
             self._restore(self.ckpt)
-        if self.ddp.master:   # only now: a run refused during setup leaves no folder behind
-            os.makedirs(opt.out, exist_ok=True)
+        claim_run_folder(opt, self.ddp)   # only now: a run refused during setup leaves no folder behind
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
 

@@ -445,6 +445,27 @@ def test_two_prune_runs_started_at_once_get_separate_complete_folders(ws, tmp_pa
         assert sorted(os.listdir(tmp_path / folder)) == ["summary.json", "tiny-tiny.cfg", "tiny-tiny.weights"]
 
 
+def test_two_train_runs_with_one_out_get_separate_folders_and_resume_stays(ws, tmp_path):
+    """Two train.py runs started at once with the same --out: each claims its own folder (out, out-2), as
+    the prune scripts do; a --resume of one of them continues in that folder and claims nothing new."""
+    out = str(tmp_path / "run")
+    argv = command(ws, "train.py", {"--out": out, "--threads": "1"}, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=str(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    assert sorted(os.listdir(tmp_path)) == ["run", "run-2"]
+    assert sum("is taken; this run writes into " + out + "-2" in err for _, err in results) == 1
+    for folder in ("run", "run-2"):
+        assert {"last.pt", "best.pt"} <= set(os.listdir(tmp_path / folder))
+    done = run_cli("train.py", ["--data", ws["data"], "--out", out + "-2", "--resume", "--epochs", "2", "--quiet"],
+                   str(tmp_path))
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert sorted(os.listdir(tmp_path)) == ["run", "run-2"]
+    assert load_epoch(out + "-2") == 2 and load_epoch(out) == 1
+
+
 # ----------------------------------------------------------------------------- 7. checkpoint names
 @pytest.fixture(scope="module")
 def odd_names(ws, tmp_path_factory):
