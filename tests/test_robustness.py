@@ -192,6 +192,29 @@ def test_yolo_mask_beyond_num_refused_by_the_prune_script(tmp_path):
     assert not out.exists()
 
 
+BACKBONE = SMALL_CFG.split("[convolutional]\nsize=1")[0]   # everything before the detection head
+
+
+@pytest.mark.parametrize("tail, section", [
+    ("[avgpool]\n\n[softmax]\ngroups=1\n\n[cost]\ntype=sse\n", "softmax"),   # darknet19-style classifier
+    ("[connected]\noutput=10\nactivation=linear\n\n[softmax]\n", "connected"),
+    ("[avgpool]\n\n[cost]\ntype=sse\n", "cost"),                                 # type= is valid there
+])
+def test_classifier_cfg_refused_by_its_sections(tmp_path, tail, section):
+    path = write(tmp_path, "classifier.cfg", BACKBONE + tail)
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":\d+ \[" + section + r"\]",
+           r"\[" + section + r"\] is not supported \(classifier cfg\)", "detection cfg")
+
+
+def test_cfg_without_a_yolo_head_and_type_elsewhere(tmp_path):
+    path = write(tmp_path, "headless.cfg", BACKBONE + "[avgpool]\n")
+    expect(CfgError, build(path), re.escape(path), r"has no \[yolo\] head")
+    done = run_cli("normal_prune.py", "--cfg", path, "--weights", path, "--out", tmp_path / "out")
+    assert_one_line_error(done, re.escape(path), r"has no \[yolo\] head")
+    path = write(tmp_path, "typed.cfg", edit(SMALL_CFG, "[maxpool]\nsize=2", "[maxpool]\ntype=max\nsize=2"))
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":15\b", "'type' is not a Darknet key")
+
+
 def test_cfg_that_is_not_text_or_missing(tmp_path):
     weights = write(tmp_path, "model.weights", bytes(range(256)) * 8)
     expect(CfgError, lambda: parse_model_cfg(weights), re.escape(weights), "not a text file")

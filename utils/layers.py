@@ -768,8 +768,15 @@ KINDS = {k.name: k for k in (Convolutional(), MaxPool(), UpsampleKind(), Dropout
                             ShortcutKind(), Sam(), ScaleChannels(), ReorgKind(), Yolo())}
 
 
+# sections of a Darknet classifier (darknet19, darknet53 ImageNet...): nothing here detects with them
+CLASSIFIER_SECTIONS = ("softmax", "cost", "connected")
+
+
 def kind_of(mdef):
     kind = KINDS.get(mdef["type"])
+    if kind is None and mdef["type"] in CLASSIFIER_SECTIONS:
+        raise CfgError(f"{mdef.where()}: [{mdef['type']}] is not supported (classifier cfg): yolo-slim prunes "
+                       f"detection models with [yolo] heads; pass a detection cfg such as cfg/yolov3.cfg")
     if kind is None:
         raise CfgError(f"{mdef.where()}: layer type [{mdef['type']}] is not supported; "
                        f"supported: {', '.join(sorted(KINDS))}")
