@@ -630,3 +630,28 @@ def test_detect_on_a_very_wide_image(tmp_path, small_weights):
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     drawn = cv2.imread(str(tmp_path / "det" / "strip.png"))
     assert drawn is not None and drawn.shape == (2, 4000, 3)
+
+
+# ----------------------------------------------------------------------------- random weights
+def deep_stride_cfg(downsamples):
+    """Stride 2^downsamples, its map upsampled and routed with the stride-2^(downsamples-1) one (as the
+    P6/P7 necks do): any input that is not a multiple of the largest stride fails at the route."""
+    conv = "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride={}\npad=1\nactivation=leaky\n\n"
+    body = conv.format(1) + conv.format(2) * downsamples
+    head = ("[upsample]\nstride=2\n\n[route]\nlayers=-1,-3\n\n"
+            "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=18\nactivation=linear\n\n"
+            "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=1\nnum=3\n")
+    size = 2 ** downsamples
+    return f"[net]\nwidth={size}\nheight={size}\nchannels=3\n\n" + body + head
+
+
+@pytest.mark.parametrize("downsamples, size", [(5, 224), (6, 256), (7, 256)])
+def test_random_weights_calibrate_at_a_multiple_of_the_largest_stride(tmp_path, downsamples, size):
+    from utils.torch_utils import calibration_size, randomize_weights
+    model = Darknet(write(tmp_path, "deep.cfg", deep_stride_cfg(downsamples)))
+    assert calibration_size(model) == size
+    randomize_weights(model, seed=1)
+    bn = model.module_list[1].BatchNorm2d
+    assert float(bn.running_var.min()) > 0 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    raw = model.eval().forward_raw(torch.rand(1, 3, size, size))
+    assert all(torch.isfinite(r).all() for r in raw)
