@@ -655,3 +655,34 @@ def test_random_weights_calibrate_at_a_multiple_of_the_largest_stride(tmp_path, 
     assert float(bn.running_var.min()) > 0 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
     raw = model.eval().forward_raw(torch.rand(1, 3, size, size))
     assert all(torch.isfinite(r).all() for r in raw)
+
+
+# ----------------------------------------------------------------------------- truncated JPEG
+def jpeg_bytes(**params):
+    import cv2
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    flags = [v for k, val in params.items() for v in (getattr(cv2, k), val)]
+    return cv2.imencode(".jpg", img, flags)[1].tobytes()
+
+
+@pytest.mark.parametrize("params", [{}, {"IMWRITE_JPEG_PROGRESSIVE": 1}, {"IMWRITE_JPEG_RST_INTERVAL": 2}])
+def test_truncated_jpeg_is_told_from_a_whole_one(params):
+    from utils.jpeg_check import jpeg_truncated
+    whole = jpeg_bytes(**params)
+    assert not jpeg_truncated(whole)
+    assert not jpeg_truncated(whole + b"camera trailer \xff\xda\x00\x08 after the image")
+    assert all(jpeg_truncated(whole[:int(len(whole) * f)]) for f in (0.05, 0.5, 0.95))
+    assert jpeg_truncated(whole[:-1]) and not jpeg_truncated(b"\x89PNG\r\n\x1a\n")
+
+
+def test_truncated_jpeg_refused_by_name_like_an_undecodable_image(tmp_path, small_weights):
+    """cv2 decodes a truncated JPEG into grey filling with only libjpeg's stderr line as a sign;
+    detect.py refuses it, naming the file, as it refuses an image it cannot decode."""
+    cfg, blob = small_weights
+    weights = write(tmp_path, "small.weights", blob)
+    whole = jpeg_bytes()
+    image = write(tmp_path, "cut.jpg", whole[:len(whole) // 2])
+    done = run_cli("detect.py", "--cfg", cfg, "--weights", weights, "--source", image, "--img-size", "64",
+                   "--out", tmp_path / "det")
+    assert_one_line_error(done, re.escape(image) + r": the JPEG is truncated", "replace or remove it")
+    assert "Premature end" not in done.stderr and not (tmp_path / "det").exists()

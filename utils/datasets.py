@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.errors import DataError
+from utils.jpeg_check import jpeg_file_truncated
 from utils.text_input import read_text_lines, refuse_non_regular
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -72,6 +73,9 @@ def check_image_file(path, where):
     if not cv2.haveImageReader(path):
         raise DataError(f"{path}: not an image format OpenCV can read (listed at {where}); "
                         f"convert it to .jpg/.png or remove it")
+    if jpeg_file_truncated(path):   # libjpeg would decode it with grey filling and one line on stderr
+        raise DataError(f"{path}: the JPEG is truncated (it stops before its end-of-image marker: an "
+                        f"interrupted download or copy?) (listed at {where}); replace or remove it")
 
 
 def resolve_entry(entry, list_dir):
