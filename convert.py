@@ -12,6 +12,9 @@ weights file); the output format follows the --out name: ``.pt``/``.pth``/``.ckp
 checkpoint, any other name a Darknet weights file (backbone files such as ``darknet53.conv.74``
 have no ``.weights`` extension). Outputs are written atomically and never over an input.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 from models import Darknet, load_weights, model_from_checkpoint, save_checkpoint

@@ -3,6 +3,9 @@
 Outputs: ``detections`` (1, N, 5+nc: xywh in input pixels, objectness, class scores, as
 ``Darknet.forward`` in eval mode) and one raw head tensor per [yolo] layer.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 import sys
 import warnings

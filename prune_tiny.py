@@ -3,6 +3,9 @@
 A layer read by a grouped route (yolov4-tiny's ``groups=2 group_id=1``) keeps the same
 number of channels in each half, so the route still reads the half it was trained on.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 from utils.errors import PruneError, cli_main
 from utils.prune_cli import base_parser, run_prune
 from utils.prune_graph import analyze

@@ -2,6 +2,9 @@
 
 Hardware runs convolutions fastest on regular widths; an odd count like 23 wastes lanes.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 from utils.errors import cli_main
 from utils.cli_checks import count
 from utils.prune_cli import base_parser, run_prune

@@ -4,6 +4,9 @@ The convs that add into one residual stream share one mask: a channel of the str
 kept if any of them still needs it (the union of their |gamma| masks), so no residual
 sum ever loses a channel that one branch relies on.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 from utils.errors import cli_main
 from utils.prune_cli import base_parser, run_prune
 

@@ -6,6 +6,9 @@
 
 ``evaluate(model, data)`` is the same code as a function for train.py and the prune scripts.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 # Before torch starts OpenMP: busy-waiting threads on a shared or oversubscribed CPU were

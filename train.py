@@ -14,6 +14,9 @@ functions of (--seed, epoch, batch), so a run resumed from last.pt, even one int
 the middle of an epoch, continues exactly as the uninterrupted run would (bit for bit on CPU
 with --workers 0; with worker processes, augmentation randomness lives in the workers).
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from utils.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 # Before torch starts OpenMP: busy-waiting threads on a shared or oversubscribed CPU were

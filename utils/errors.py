@@ -31,6 +31,18 @@ class PruneError(SlimError):
 def cli_main(fn, *args, **kwargs):
     """Run a command-line entry point; turn our errors (and the environment's: OSError,
     MemoryError) into one line on stderr and exit 2."""
+    from utils import interrupt
+    quiet = interrupt.quiet_outside_work()
+    if quiet:
+        interrupt.raise_on_ctrl_c()   # during the work: KeyboardInterrupt, so temporaries are removed
+    try:
+        return _run(fn, *args, **kwargs)
+    finally:
+        if quiet:
+            interrupt.exit_quietly_on_ctrl_c()   # outputs are complete or gone: exit at once
+
+
+def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except SlimError as e:
