@@ -16,6 +16,9 @@ have no ``.weights`` extension). Outputs are written atomically and never over a
 opencv), ``--input-reader`` the one an input .weights was written for (default: its header);
 see yoloslim/darknet/bn_readers.py.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 from yoloslim.darknet.load import load_any

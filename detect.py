@@ -10,6 +10,9 @@ For every image the output folder gets the annotated image (same file name) and
 ``image<TAB>class<TAB>name<TAB>confidence<TAB>x1<TAB>y1<TAB>x2<TAB>y2`` in original-image pixels.
 Inputs are never overwritten: an --out that holds any input image is refused.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import json
 import os
 import sys

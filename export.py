@@ -8,6 +8,9 @@ DIR's images letterboxed as our loader does), then measures what that cost: mAP@
 else agreement with the float model's detections on --images (default: the calibration images),
 beside the int8 speed-up (the two models interleaved). Past --max-drop nothing is written.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 import sys
 

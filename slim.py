@@ -13,6 +13,9 @@ and .weights and checks them in OpenCV DNN and, where installed, the original Da
 run folder by its arguments and inputs: run it again to reuse or resume; change an option and
 the stages it affects are retrained.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import argparse
 import json
 import os

@@ -6,6 +6,9 @@
 
 The evaluation itself is ``yoloslim.eval.evaluate.evaluate``, shared with training and pruning.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 # Before torch starts OpenMP: busy-waiting threads on a shared or oversubscribed CPU were

@@ -9,6 +9,9 @@ Outputs in --out: last.pt / best.pt (checkpoints with the cfg inside), last.weig
 best.weights (Darknet), results.csv (one row per epoch), and with -sr gamma_epochNNN.png plus
 gamma_history.png. The run itself is ``yoloslim.train.trainer.train(TrainConfig(...))``.
 """
+if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
+    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    exit_quietly_on_ctrl_c()
 import os
 
 # Before torch starts OpenMP: busy-waiting threads on a shared or oversubscribed CPU were
@@ -46,7 +49,8 @@ def parse_args(argv=None):
                    "steps beat bigger batches at this scale, docs/TRAINING.md)")
     p.add_argument("--img-size", type=checks.img_size,
                    help="train/test size in pixels, rounded up to a multiple of 32 (default: the cfg's width)")
-    p.add_argument("--out", default="runs/train", type=checks.output_dir, help="run folder for checkpoints and results")
+    p.add_argument("--out", default="runs/train", type=checks.output_dir,
+                   help="run folder for checkpoints and results; a new run takes --out-2, -3, ... when it exists")
     p.add_argument("--exist-ok", action="store_true", help="allow writing into an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",

@@ -131,6 +131,15 @@ def ws(tmp_path_factory):
     (root / "bad" / "labels" / "0.txt").write_text("1 0.5 0.5 1.7 0.3\n")
     (root / "badvalid.txt").write_text("bad/images/0.jpg\n")
     p["data_badlabel"] = write_data(root, "badlabel.data", valid="badvalid.txt", train="badvalid.txt")
+    # label files no reader may take for "no objects" or turn into a traceback: not UTF-8, a folder
+    for kind, make in (("binlabel", lambda path: path.write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe 1 0.5\n")),
+                       ("dirlabel", lambda path: path.mkdir())):
+        (root / kind / "images").mkdir(parents=True)
+        (root / kind / "labels").mkdir()
+        cv2.imwrite(str(root / kind / "images" / "0.jpg"), np.zeros((64, 64, 3), np.uint8))
+        make(root / kind / "labels" / "0.txt")
+        (root / f"{kind}.txt").write_text(f"{kind}/images/0.jpg\n")
+        p[f"data_{kind}"] = write_data(root, f"{kind}.data", valid=f"{kind}.txt", train=f"{kind}.txt")
 
     p["afile"] = str(root / "notes.txt")
     (root / "notes.txt").write_text("not a folder\n")
@@ -349,10 +358,19 @@ INPUT_CASES = (
        case("prune_tiny.py", {"--cfg": "/dev/zero"}, r"--cfg: /dev/zero: not a regular file"),
        case("convert.py", {"--out": "{weights}"}, r"overwrite the input"),
        case("export.py", {"--out": "{out}.onnx.txt"}, r"must end in \.onnx")]
+    + [case(s, {"--data": "{data_binlabel}"}, r"binlabel/labels/0\.txt: not a UTF-8 text file \(byte \d+.*UTF-8")
+       for s in ("test.py", "train.py")]
+    + [case(s, {"--data": "{data_dirlabel}"}, r"dirlabel/labels/0\.txt: is a folder, not a label file; remove or rename")
+       for s in ("test.py", "train.py")]
 )
 # the labels are broken in a way only reading the data set shows: the pruned pair is already
 # written (in the hidden work folder) when measuring fails, and nothing may look finished
-LATE_CASES = [case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE]
+LATE_CASES = ([case(s, {"--data": "{data_badlabel}"}, r"bad/labels/0\.txt:1") for s in PRUNE if s != "shortcut_prune.py"]
+              + [case("normal_prune.py", {"--data": "{data_binlabel}"}, r"binlabel/labels/0\.txt: not a UTF-8"),
+                 case("prune_tiny.py", {"--data": "{data_dirlabel}"}, r"dirlabel/labels/0\.txt: is a folder")])
+# a model the method cannot prune differently from another method: refused after loading, before any work
+WRONG_MODEL_CASES = [case("shortcut_prune.py", {}, r"tiny\.cfg: has no \[shortcut\] where prunable convs meet.*"
+                                                   r"use normal_prune\.py \(or prune_tiny\.py")]
 
 
 @pytest.mark.parametrize("case_id", INPUT_CASES)
@@ -366,6 +384,11 @@ def test_failure_after_pruning_leaves_no_output_folder(outcomes, case_id):
     assert "kept channels" in done.stdout        # it did prune before failing
     out = outcomes[case_id][2]
     assert not os.path.exists(out) and not os.listdir(os.path.dirname(out)), "a folder or temporary was left"
+
+
+@pytest.mark.parametrize("case_id", WRONG_MODEL_CASES)
+def test_method_that_does_not_fit_the_model_refused(outcomes, case_id):
+    check_refusal(outcomes, case_id)
 
 
 # ----------------------------------------------------------------------------- 4. NaN and Inf
@@ -424,6 +447,27 @@ def test_two_prune_runs_started_at_once_get_separate_complete_folders(ws, tmp_pa
     assert folders == ["same", "same-2"], folders
     for folder in folders:
         assert sorted(os.listdir(tmp_path / folder)) == ["summary.json", "tiny-tiny.cfg", "tiny-tiny.weights"]
+
+
+def test_two_train_runs_with_one_out_get_separate_folders_and_resume_stays(ws, tmp_path):
+    """Two train.py runs started at once with the same --out: each claims its own folder (out, out-2), as
+    the prune scripts do; a --resume of one of them continues in that folder and claims nothing new."""
+    out = str(tmp_path / "run")
+    argv = command(ws, "train.py", {"--out": out, "--threads": "1"}, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=str(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    assert sorted(os.listdir(tmp_path)) == ["run", "run-2"]
+    assert sum("is taken; this run writes into " + out + "-2" in err for _, err in results) == 1
+    for folder in ("run", "run-2"):
+        assert {"last.pt", "best.pt"} <= set(os.listdir(tmp_path / folder))
+    done = run_cli("train.py", ["--data", ws["data"], "--out", out + "-2", "--resume", "--epochs", "2", "--quiet"],
+                   str(tmp_path))
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert sorted(os.listdir(tmp_path)) == ["run", "run-2"]
+    assert load_epoch(out + "-2") == 2 and load_epoch(out) == 1
 
 
 # ----------------------------------------------------------------------------- 7. checkpoint names

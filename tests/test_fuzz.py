@@ -214,6 +214,7 @@ activation=linear
 mask=0,1
 anchors=4,5, 8,9
 classes=1
+num=2
 """
 
 

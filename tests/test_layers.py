@@ -204,7 +204,7 @@ REFUSED = [
     (conv(8) + "[upsample]\n", "stride="),                   # Darknet: 2, OpenCV: 1
     (conv(8) + "[reorg]\n", "stride="),                      # Darknet: 1, OpenCV: 2
     ("[convolutional]\nfilters=8\nsize=3\n", "activation="),  # Darknet: logistic, OpenCV: linear
-    (conv(8) + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\n",
+    (conv(8) + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nnum=3\n",
      "classes="),                                           # Darknet: 20, OpenCV: none
 ]
 

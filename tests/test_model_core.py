@@ -35,7 +35,7 @@ def test_cfg_round_trip(path, tmp_path):
 
 def test_writer_keeps_float_anchors_comments_and_unknown_keys():
     text = "# my model\n[net]\nwidth=64\nheight=64\nmy_key=abc\n[convolutional]\nfilters=18\nsize=1\n" \
-           "activation=linear\n# head\n[yolo]\nmask=0,1,2\nanchors=10.5,13.25, 16,30, 33,23\nclasses=1\n"
+           "activation=linear\n# head\n[yolo]\nmask=0,1,2\nanchors=10.5,13.25, 16,30, 33,23\nclasses=1\nnum=3\n"
     defs = parse_cfg_text(text)
     assert defs[2]["anchors"] == [10.5, 13.25, 16, 30, 33, 23]
     written = cfg_to_text(defs)
@@ -108,7 +108,7 @@ def write(tmp_path, text, name="bad.cfg"):
 
 
 NET = "[net]\nwidth=64\nheight=64\nchannels=3\n"
-HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n"
+HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\n"
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -119,7 +119,7 @@ HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1
     (NET + "[convolutional]\nfilters=8\nsize 3\n", "key=value"),
     (NET + "[convolutional]\nfilters=8\nsize=3\nactivation=leaky\n[convolutional]\nfilters=8\nsize=3\nstride=2\n"
      "activation=leaky\n[route]\nlayers=-1,0\n" + HEAD, "different resolutions"),
-    (NET + "[convolutional]\nfilters=17\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n",
+    (NET + "[convolutional]\nfilters=17\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\n",
      "filters=17"),
 ])
 def test_bad_cfg_gives_one_line_error(tmp_path, text, needle):

@@ -68,3 +68,61 @@ def test_gate_tolerance_follows_the_models_own_float32_error(loud_tiny):
     assert read_back_tolerance(model, x) == TOLERANCE
     diff, tolerance = opencv_read_back(model, cfg, weights, 128)
     assert tolerance == TOLERANCE and within(diff, tolerance)
+
+
+NEW_COORDS_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=logistic
+
+[yolo]
+mask=0,1,2
+anchors=6,9, 20,24, 58,40
+classes=1
+num=3
+new_coords=1
+scale_x_y=2.0
+"""
+
+
+def decoded_difference(model, raw_a, raw_b, monkeypatch):
+    """max_layout_difference between the decoded outputs of two raw head maps (scale 1)."""
+    from yoloslim.deploy.opencv_dnn import torch_in_opencv_layout
+    outs = []
+    for raw in (raw_a, raw_b):
+        monkeypatch.setattr(model, "forward_raw", lambda x, raw=raw: [raw])
+        outs.append(torch_in_opencv_layout(model, np.zeros((1, 3, 64, 64), np.float32)))
+    return max_layout_difference(outs[0], outs[1])
+
+
+def test_decode_gain_bounds_how_new_coords_heads_enlarge_a_raw_error(tmp_path, monkeypatch):
+    """wh = (2t)^2 * anchor: a raw error e moves the normalized box size by up to 8 t (a/size) e, so a
+    deep Scaled-YOLOv4 model's float noise passes the gate only with this gain (benchmarks/parity_noise.py)."""
+    from yoloslim.deploy.parity import decode_gain
+    path = tmp_path / "nc.cfg"
+    path.write_text(NEW_COORDS_CFG)
+    model = Darknet(str(path)).eval()
+    assert decode_gain(model, 64) == pytest.approx(4 * (58 / 64) ** 0.5)        # the widest anchor, 3.81
+    assert decode_gain(randomize_weights(Darknet(cfg_path("yolov3-tiny"))), 416) == 1.0   # classic heads
+    g = torch.Generator().manual_seed(0)
+    raw = torch.rand(1, 18, 32, 32, generator=g) * 0.98 + 0.01
+    e = 1e-4
+    noisy = raw + e * (torch.randint(0, 2, raw.shape, generator=g) * 2 - 1)
+    diff = decoded_difference(model, raw, noisy, monkeypatch)
+    assert diff <= decode_gain(model, 64) * e * 1.01                        # first order; 1% for the second
+    assert diff > 2 * e                                                     # the gain is needed: 1 was too tight

@@ -71,6 +71,7 @@ activation=linear
 mask=0,1,2
 anchors=10,14, 23,27, 37,58
 classes=1
+num=3
 """
 
 
@@ -164,6 +165,56 @@ def test_yolo_filters_inconsistent_with_classes_and_mask(tmp_path, old, new):
 def test_yolo_mask_selecting_missing_anchors(tmp_path):
     path = write(tmp_path, "mask.cfg", edit(SMALL_CFG, "mask=0,1,2", "mask=1,2,3"))
     expect(CfgError, build(path), re.escape(path), r"mask=.*anchors that do not exist")
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("num=3", "", r"write num=3 .*explicitly"),                                           # Darknet: 1, OpenCV: none
+    ("num=3", "num=2", r"num=2 but anchors= holds 3 pairs"),                              # more anchors than num
+    ("num=3", "num=4", r"num=4 but anchors= holds 3 pairs"),                              # fewer anchors than num
+    ("mask=0,1,2", "", r"write mask= explicitly"),
+    ("mask=0,1,2", "mask=0,1,-1", r"mask=0,1,-1 selects anchors that do not exist \(-1 is not in 0\.\.2"),
+])
+def test_yolo_num_anchors_and_mask_as_darknet_and_opencv_need_them(tmp_path, old, new, words):
+    path = write(tmp_path, "num.cfg", edit(SMALL_CFG, old, new))
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":\d+ \[yolo\]", words)
+
+
+def test_yolo_mask_beyond_num_refused_by_the_prune_script(tmp_path):
+    """cspx-p7-mish's shape: num=16 with 20 anchor pairs and masks up to 19. Refused at parse time,
+    naming the line, before any model is built or folder claimed (OpenCV could not load the output)."""
+    anchors = ", ".join(f"{4 * k},{4 * k + 2}" for k in range(1, 21))
+    p7 = edit(edit(SMALL_CFG, "anchors=10,14, 23,27, 37,58", f"anchors={anchors}"), "mask=0,1,2", "mask=17,18,19")
+    beyond = edit(SMALL_CFG, "mask=0,1,2", "mask=1,2,3")
+    out = tmp_path / "out"
+    for name, text, words in (("p7.cfg", edit(p7, "num=3", "num=16"), r"num=16 but anchors= holds 20 pairs"),
+                              ("beyond.cfg", beyond, r"mask=1,2,3 selects anchors that do not exist \(3 is not")):
+        path = write(tmp_path, name, text)
+        done = run_cli("shortcut_prune.py", "--cfg", path, "--weights", path, "--out", out, "--latency-runs", "0")
+        assert_one_line_error(done, re.escape(path) + r":\d+ \[yolo\]", words)
+    assert not out.exists()
+
+
+BACKBONE = SMALL_CFG.split("[convolutional]\nsize=1")[0]   # everything before the detection head
+
+
+@pytest.mark.parametrize("tail, section", [
+    ("[avgpool]\n\n[softmax]\ngroups=1\n\n[cost]\ntype=sse\n", "softmax"),   # darknet19-style classifier
+    ("[connected]\noutput=10\nactivation=linear\n\n[softmax]\n", "connected"),
+    ("[avgpool]\n\n[cost]\ntype=sse\n", "cost"),                                 # type= is valid there
+])
+def test_classifier_cfg_refused_by_its_sections(tmp_path, tail, section):
+    path = write(tmp_path, "classifier.cfg", BACKBONE + tail)
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":\d+ \[" + section + r"\]",
+           r"\[" + section + r"\] is not supported \(classifier cfg\)", "detection cfg")
+
+
+def test_cfg_without_a_yolo_head_and_type_elsewhere(tmp_path):
+    path = write(tmp_path, "headless.cfg", BACKBONE + "[avgpool]\n")
+    expect(CfgError, build(path), re.escape(path), r"has no \[yolo\] head")
+    done = run_cli("normal_prune.py", "--cfg", path, "--weights", path, "--out", tmp_path / "out")
+    assert_one_line_error(done, re.escape(path), r"has no \[yolo\] head")
+    path = write(tmp_path, "typed.cfg", edit(SMALL_CFG, "[maxpool]\nsize=2", "[maxpool]\ntype=max\nsize=2"))
+    expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":15\b", "'type' is not a Darknet key")
 
 
 def test_cfg_that_is_not_text_or_missing(tmp_path):
@@ -556,3 +607,84 @@ def test_cli_main_reports_environment_errors_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: /some/out/x.weights: Permission denied")
+
+
+# ----------------------------------------------------------------------------- degenerate images
+@pytest.mark.parametrize("h, w", [(2, 4000), (4000, 2), (1, 1), (1, 5000)])
+def test_letterbox_never_makes_a_zero_pixel_side(h, w):
+    from yoloslim.data.datasets import letterbox
+    img = np.full((h, w, 3), 200, np.uint8)
+    out, ratio, (dw, dh) = letterbox(img, 64)
+    assert out.shape == (64, 64, 3)
+    assert (out == 200).any(), "the image itself was lost"
+    assert 0 <= dw < 64 and 0 <= dh < 64 and ratio == min(64 / h, 64 / w)
+
+
+def test_detect_on_a_very_wide_image(tmp_path, small_weights):
+    """A 4000x2 strip: processed like any image (one drawn output, exit 0), not an OpenCV assertion."""
+    import cv2
+    cfg, blob = small_weights
+    weights = write(tmp_path, "small.weights", blob)
+    image = str(tmp_path / "strip.png")
+    cv2.imwrite(image, np.full((2, 4000, 3), 255, np.uint8))
+    done = run_cli("detect.py", "--cfg", cfg, "--weights", weights, "--source", image, "--img-size", "64",
+                   "--out", tmp_path / "det")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    drawn = cv2.imread(str(tmp_path / "det" / "strip.png"))
+    assert drawn is not None and drawn.shape == (2, 4000, 3)
+
+
+# ----------------------------------------------------------------------------- random weights
+def deep_stride_cfg(downsamples):
+    """Stride 2^downsamples, its map upsampled and routed with the stride-2^(downsamples-1) one (as the
+    P6/P7 necks do): any input that is not a multiple of the largest stride fails at the route."""
+    conv = "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\nstride={}\npad=1\nactivation=leaky\n\n"
+    body = conv.format(1) + conv.format(2) * downsamples
+    head = ("[upsample]\nstride=2\n\n[route]\nlayers=-1,-3\n\n"
+            "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=18\nactivation=linear\n\n"
+            "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=1\nnum=3\n")
+    size = 2 ** downsamples
+    return f"[net]\nwidth={size}\nheight={size}\nchannels=3\n\n" + body + head
+
+
+@pytest.mark.parametrize("downsamples, size", [(5, 224), (6, 256), (7, 256)])
+def test_random_weights_calibrate_at_a_multiple_of_the_largest_stride(tmp_path, downsamples, size):
+    from yoloslim.deploy.measure import calibration_size, randomize_weights
+    model = Darknet(write(tmp_path, "deep.cfg", deep_stride_cfg(downsamples)))
+    assert calibration_size(model) == size
+    randomize_weights(model, seed=1)
+    bn = model.module_list[1].BatchNorm2d
+    assert float(bn.running_var.min()) > 0 and not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    raw = model.eval().forward_raw(torch.rand(1, 3, size, size))
+    assert all(torch.isfinite(r).all() for r in raw)
+
+
+# ----------------------------------------------------------------------------- truncated JPEG
+def jpeg_bytes(**params):
+    import cv2
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    flags = [v for k, val in params.items() for v in (getattr(cv2, k), val)]
+    return cv2.imencode(".jpg", img, flags)[1].tobytes()
+
+
+@pytest.mark.parametrize("params", [{}, {"IMWRITE_JPEG_PROGRESSIVE": 1}, {"IMWRITE_JPEG_RST_INTERVAL": 2}])
+def test_truncated_jpeg_is_told_from_a_whole_one(params):
+    from yoloslim.data.jpeg_check import jpeg_truncated
+    whole = jpeg_bytes(**params)
+    assert not jpeg_truncated(whole)
+    assert not jpeg_truncated(whole + b"camera trailer \xff\xda\x00\x08 after the image")
+    assert all(jpeg_truncated(whole[:int(len(whole) * f)]) for f in (0.05, 0.5, 0.95))
+    assert jpeg_truncated(whole[:-1]) and not jpeg_truncated(b"\x89PNG\r\n\x1a\n")
+
+
+def test_truncated_jpeg_refused_by_name_like_an_undecodable_image(tmp_path, small_weights):
+    """cv2 decodes a truncated JPEG into grey filling with only libjpeg's stderr line as a sign;
+    detect.py refuses it, naming the file, as it refuses an image it cannot decode."""
+    cfg, blob = small_weights
+    weights = write(tmp_path, "small.weights", blob)
+    whole = jpeg_bytes()
+    image = write(tmp_path, "cut.jpg", whole[:len(whole) // 2])
+    done = run_cli("detect.py", "--cfg", cfg, "--weights", weights, "--source", image, "--img-size", "64",
+                   "--out", tmp_path / "det")
+    assert_one_line_error(done, re.escape(image) + r": the JPEG is truncated", "replace or remove it")
+    assert "Premature end" not in done.stderr and not (tmp_path / "det").exists()

@@ -218,9 +218,11 @@ def test_train_writes_outputs_and_evaluates(shapes, two_epoch_run, tmp_path):
     for key in ("P", "R", "F1", "mAP50", "mAP50_95"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["seen"] == 8 and len(metrics["ap50"]) == len(metrics["ap_class"])
-    # an existing run folder is never reused by accident
-    with pytest.raises(SlimError, match="exists"):
-        train.train(train_args(shapes, out))
+    # an existing run folder is never reused by accident: a new run with the same --out takes out-2
+    before = open(two_epoch_run["last"], "rb").read()
+    again = train.train(train_args(shapes, out, epochs=1))
+    assert again["out"] == str(out) + "-2" and os.path.isfile(os.path.join(again["out"], "last.pt"))
+    assert open(two_epoch_run["last"], "rb").read() == before
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(shapes, two_epoch_run, tmp_path):

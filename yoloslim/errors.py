@@ -4,6 +4,7 @@ Every error raised for bad input is a ``SlimError``: one line that names the fil
 what was wrong and how to fix it. Command lines run through ``cli_main`` so users see
 that line instead of a traceback.
 """
+import errno
 import sys
 
 
@@ -30,6 +31,18 @@ class PruneError(SlimError):
 def cli_main(fn, *args, **kwargs):
     """Run a command-line entry point; turn our errors (and the environment's: OSError,
     MemoryError) into one line on stderr and exit 2."""
+    from yoloslim.cli import interrupt
+    quiet = interrupt.quiet_outside_work()
+    if quiet:
+        interrupt.raise_on_ctrl_c()   # during the work: KeyboardInterrupt, so temporaries are removed
+    try:
+        return _run(fn, *args, **kwargs)
+    finally:
+        if quiet:
+            interrupt.exit_quietly_on_ctrl_c()   # outputs are complete or gone: exit at once
+
+
+def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except SlimError as e:
@@ -37,7 +50,10 @@ def cli_main(fn, *args, **kwargs):
         sys.exit(2)
     except OSError as e:  # the environment, not a bug: a full disk, a permission changed mid-run
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}; check the path, its permissions and free space", file=sys.stderr)
+        full = e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+        fix = ("free space on that disk (or raise the file size limit) or choose another --out" if full
+               else "check the path, its permissions and free space")
+        print(f"error: {where}{e.strerror or e}; {fix}", file=sys.stderr)
         sys.exit(2)
     except MemoryError:
         print("error: out of memory; lower --img-size or --batch-size", file=sys.stderr)

@@ -5,12 +5,29 @@ run can tell the leftovers of a killed process from the work of one still runnin
 removes only the former.
 """
 import contextlib
+import errno
+import hashlib
 import os
 import re
 import shutil
 import tempfile
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+# A temporary name adds '.', '.<pid>.' (pid_max is 2^22: 7 digits), 8 random characters and '.tmp' to
+# the output's name; names longer than this many bytes are shortened so the total stays in NAME_MAX (255).
+TEMP_STEM_BYTES = 200
+# torch.save reports a failed write of its zip container as a RuntimeError, not the OSError behind it
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos|PytorchStreamWriter failed|failed writing file")
+WRITE_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def temp_stem(name):
+    """``name`` as it appears inside a temporary name: itself, or when too long for NAME_MAX once the
+    temporary's decorations are added, its first characters and a digest of the whole (still unique)."""
+    if len(name.encode()) <= TEMP_STEM_BYTES:
+        return name
+    head = name.encode()[:TEMP_STEM_BYTES - 17].decode(errors="ignore")
+    return f"{head}~{hashlib.sha1(name.encode()).hexdigest()[:16]}"
 
 
 def _pid_alive(pid):
@@ -35,14 +52,15 @@ def clean_stale_temps(folder, name=None):
         return removed
     for entry in entries:
         m = _TEMP.match(entry)
-        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
+        if not m or (name is not None and m["name"] != temp_stem(name)) or _pid_alive(int(m["pid"])):
             continue
         path = os.path.join(folder, entry)
         with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
-                with contextlib.suppress(OSError):  # the empty folder it had claimed, if any
-                    os.rmdir(os.path.join(folder, m["name"]))
+                for claimed in (e for e in entries if temp_stem(e) == m["name"]):
+                    with contextlib.suppress(OSError):  # the empty folder it had claimed, if any
+                        os.rmdir(os.path.join(folder, claimed))
             else:
                 os.remove(path)
             removed.append(path)
@@ -50,7 +68,17 @@ def clean_stale_temps(folder, name=None):
 
 
 def _temp_prefix(path):
-    return f".{os.path.basename(path)}.{os.getpid()}."
+    return f".{temp_stem(os.path.basename(path))}.{os.getpid()}."
+
+
+def named_write_error(e, path):
+    """The exception to raise for a failed write of ``path``: an OSError that names it (a write to the
+    temporary file has no name, and torch turns the OSError into a RuntimeError), else ``e`` itself."""
+    if isinstance(e, OSError) and e.filename is None:
+        return OSError(e.errno, e.strerror or str(e), path)
+    if isinstance(e, RuntimeError) and _TORCH_WRITE_FAILED.search(str(e)):
+        return OSError(errno.EIO, "writing failed (the disk is full or a file size limit was reached)", path)
+    return e
 
 
 @contextlib.contextmanager
@@ -70,10 +98,16 @@ def atomic_write(path, mode="wb"):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should look like any other file
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            named = named_write_error(e, path)
+            if named is e:
+                raise
+            raise named from e
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -104,13 +138,15 @@ def atomic_folder(folder):
     into place: readers see an empty folder or a complete one. On failure both are removed."""
     folder = os.fspath(folder).rstrip(os.sep)
     parent, name = os.path.split(os.path.abspath(folder))
-    tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent)
+    tmp = None
     try:
+        tmp = tempfile.mkdtemp(prefix=f".{temp_stem(name)}.{os.getpid()}.", suffix=".tmp", dir=parent)
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         os.rename(tmp, folder)  # replaces the empty claimed folder atomically
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(folder)  # only if still empty
         raise

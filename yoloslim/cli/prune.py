@@ -128,7 +128,15 @@ def report_removed_share(plans, percent, policy, n_blocks):
     return removed
 
 
-def run_prune(args, policy, method, n_blocks=0, channels=True):
+def refuse_without_shortcuts(graph, cfg):
+    """Shortcut pruning differs from normal pruning only where convs meet at a [shortcut]: on a
+    model without one it would silently be normal_prune under another name."""
+    if not any(graph.in_shortcut_group(c) for c in graph.prunable):
+        raise PruneError(f"{cfg}: has no [shortcut] where prunable convs meet, so shortcut pruning would be "
+                         f"normal pruning; use normal_prune.py (or prune_tiny.py for yolov3-tiny / yolov4-tiny)")
+
+
+def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=False):
     """The whole prune run behind every script. Returns the summary dict it also writes.
 
     ``policy`` is a Policy or the name of one in POLICIES; ``channels=False`` skips channel
@@ -143,6 +151,8 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     if model.read_as:
         print(f"{args.weights}: BN statistics read as written for {READERS[model.read_as].label}")
     graph = analyze(model.module_defs)
+    if needs_shortcuts:
+        refuse_without_shortcuts(graph, args.cfg)
     if percent is not None:
         sparsity_report(model, graph, policy, percent)
     t0 = time.perf_counter()

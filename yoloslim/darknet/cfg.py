@@ -11,7 +11,7 @@ import re
 
 from yoloslim.errors import CfgError, DataError
 from yoloslim.io import atomic_write
-from yoloslim.darknet.kinds import check_section
+from yoloslim.darknet.kinds import KINDS, check_section
 
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -85,6 +85,8 @@ def parse_cfg_text(text, path=None):
             raise CfgError(f"{name}:{lineno}: empty key or value in {stripped!r}")
         section = module_defs[-1]
         if key == "type":
+            if section["type"] not in KINDS:
+                continue  # [cost] type=sse is Darknet's; the section itself is refused by name below
             raise CfgError(f"{name}:{lineno}: 'type' is not a Darknet key; remove it")
         if key in section:
             continue  # Darknet's option_find returns the first match: a repeated key is ignored

@@ -298,6 +298,9 @@ class Kind:
             if key not in mdef:
                 raise CfgError(f"{mdef.where()}: needs '{key}='")
             values = mdef[key] if isinstance(mdef[key], list) else [mdef[key]]
+            if not values:  # 'layers=,' parses to no numbers at all
+                written = getattr(mdef, "raw", {}).get(key, "")
+                raise CfgError(f"{mdef.where()}: {key}={written} names no layer; give at least one")
             if self.name != "route" and len(values) != 1:
                 raise CfgError(f"{mdef.where()}: {key}= with several layers is not supported; give one")
             out += [resolve_ref(mdef, key, v, i) for v in values]
@@ -712,6 +715,32 @@ class ReorgKind(Kind):
         return module(plane.contiguous())[0, :, 0, 0]
 
 
+def check_yolo_anchors(mdef):
+    """num=, anchors= and mask= as both references need them. Darknet sizes its anchor table by num
+    (default 1): more anchors overflow it, fewer leave 0.5s, a mask index >= num reads past it;
+    OpenCV asserts that num and mask are written and that anchors holds exactly num pairs."""
+    anchors = mdef.get("anchors")
+    if not isinstance(anchors, list) or len(anchors) % 2:
+        raise CfgError(f"{mdef.where()}: anchors= must be an even-length list of numbers")
+    pairs = len(anchors) // 2
+    num = mdef.get("num")
+    if num is None:
+        raise CfgError(f"{mdef.where()}: write num={pairs} (the number of anchor pairs) explicitly: Darknet "
+                       f"defaults it to 1 and OpenCV cannot load a [yolo] without it")
+    if not isinstance(num, int) or num != pairs:
+        raise CfgError(f"{mdef.where()}: num={num} but anchors= holds {pairs} pairs; Darknet and OpenCV need "
+                       f"them equal: set num={pairs} or give {num} anchor pairs")
+    mask = mdef.get("mask")
+    if mask is None:
+        raise CfgError(f"{mdef.where()}: write mask= explicitly (the anchor indices this head uses): "
+                       f"OpenCV cannot load a [yolo] without it")
+    mask = mask if isinstance(mask, list) else [mask]
+    bad = [m for m in mask if not isinstance(m, int) or not 0 <= m < num]
+    if bad:
+        raise CfgError(f"{mdef.where()}: mask={','.join(map(str, mask))} selects anchors that do not exist "
+                       f"({bad[0]} is not in 0..{num - 1} for num={num}); use indices below num")
+
+
 @register
 class Yolo(Kind):
     name = "yolo"
@@ -722,6 +751,7 @@ class Yolo(Kind):
         super().check_options(mdef)
         if mdef.get("new_coords", 0) not in (0, 1):
             raise CfgError(f"{mdef.where()}: new_coords={mdef['new_coords']} is not supported; use 0 or 1")
+        check_yolo_anchors(mdef)
 
     @staticmethod
     def anchor_pairs(mdef):
@@ -761,8 +791,15 @@ class Yolo(Kind):
         return in_masks[0]
 
 
+# sections of a Darknet classifier (darknet19, darknet53 ImageNet...): nothing here detects with them
+CLASSIFIER_SECTIONS = ("softmax", "cost", "connected")
+
+
 def kind_of(mdef):
     kind = KINDS.get(mdef["type"])
+    if kind is None and mdef["type"] in CLASSIFIER_SECTIONS:
+        raise CfgError(f"{mdef.where()}: [{mdef['type']}] is not supported (classifier cfg): yolo-slim prunes "
+                       f"detection models with [yolo] heads; pass a detection cfg such as cfg/yolov3.cfg")
     if kind is None:
         raise CfgError(f"{mdef.where()}: layer type [{mdef['type']}] is not supported; "
                        f"supported: {', '.join(sorted(KINDS))}")

@@ -25,6 +25,9 @@ from torch.utils.data import Dataset
 
 from yoloslim.darknet.net import STRIDE
 from yoloslim.errors import DataError
+from yoloslim.errors import DataError
+from yoloslim.data.jpeg_check import jpeg_file_truncated
+from yoloslim.data.text_input import read_text_lines, refuse_non_regular
 
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 PAD_COLOR = (114, 114, 114)
@@ -63,6 +66,7 @@ def label_path_for(img_path):
 
 def check_image_file(path, where):
     """Cheap up-front image check (exists, not empty, a format cv2 can decode); `where` names the source."""
+    refuse_non_regular(path, f"image (listed at {where})")
     if not os.path.isfile(path):
         raise DataError(f"{where}: image '{path}' does not exist; fix the path or remove the line")
     if os.path.getsize(path) == 0:
@@ -70,6 +74,9 @@ def check_image_file(path, where):
     if not cv2.haveImageReader(path):
         raise DataError(f"{path}: not an image format OpenCV can read (listed at {where}); "
                         f"convert it to .jpg/.png or remove it")
+    if jpeg_file_truncated(path):   # libjpeg would decode it with grey filling and one line on stderr
+        raise DataError(f"{path}: the JPEG is truncated (it stops before its end-of-image marker: an "
+                        f"interrupted download or copy?) (listed at {where}); replace or remove it")
 
 
 def resolve_entry(entry, list_dir):
@@ -96,14 +103,13 @@ def read_image_list(path):
         raise DataError(f"{path}: image list not found; check the train=/valid= entry of the .data file")
     list_dir = os.path.dirname(os.path.abspath(path))
     files = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            img = resolve_entry(entry, list_dir)
-            check_image_file(img, f"{path}:{lineno}")
-            files.append(img)
+    for lineno, line in enumerate(read_text_lines(path, "image list", "write one image path per line"), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        img = resolve_entry(entry, list_dir)
+        check_image_file(img, f"{path}:{lineno}")
+        files.append(img)
     if not files:
         raise DataError(f"{path}: image list is empty; write one image path per line")
     return files
@@ -141,20 +147,21 @@ def parse_label_file(path, nc=None):
     A missing file is an image without objects. ``nc`` (number of classes) enables the
     class-range check.
     """
+    refuse_non_regular(path, "label file")   # a folder is not "no objects"
     if not os.path.isfile(path):
         return np.zeros((0, 5), np.float32)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise DataError(f"{path}:{lineno}: expected 5 values 'class cx cy w h', found {len(fields)}; "
-                                f"fix or delete the line")
-            values = [_parse_number(t, path, lineno) for t in fields]
-            _check_label_values(values, path, lineno, nc)
-            rows.append(values)
+    lines = read_text_lines(path, "label file", "write it as UTF-8 text, one 'class cx cy w h' per line")
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise DataError(f"{path}:{lineno}: expected 5 values 'class cx cy w h', found {len(fields)}; "
+                            f"fix or delete the line")
+        values = [_parse_number(t, path, lineno) for t in fields]
+        _check_label_values(values, path, lineno, nc)
+        rows.append(values)
     if not rows:
         return np.zeros((0, 5), np.float32)
     labels = np.array(rows, np.float64)
@@ -184,7 +191,8 @@ def letterbox(img, new_shape, color=PAD_COLOR, auto=False, stride=STRIDE):
         new_shape = (new_shape, new_shape)
     h0, w0 = img.shape[:2]
     ratio = min(new_shape[0] / h0, new_shape[1] / w0)
-    new_w, new_h = int(round(w0 * ratio)), int(round(h0 * ratio))
+    # at least one pixel: a 4000x2 strip would round its height to 0, which cv2.resize refuses
+    new_w, new_h = max(1, int(round(w0 * ratio))), max(1, int(round(h0 * ratio)))
     if auto:
         new_shape = (int(math.ceil(new_h / stride) * stride), int(math.ceil(new_w / stride) * stride))
     pad_w, pad_h = new_shape[1] - new_w, new_shape[0] - new_h

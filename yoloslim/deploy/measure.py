@@ -35,8 +35,19 @@ def randomize_weights(model, seed=0, gamma_range=(0.2, 1.5), calibrate=True):
     if calibrate:
         # a BN after a global [avgpool] sees one value per channel and image: it needs two images
         batch = 2 if any(s is None for s in model.scales) else 1
-        calibrate_bn(model, torch.rand(batch, model.in_channels, 224, 224, generator=g))
+        size = calibration_size(model)
+        calibrate_bn(model, torch.rand(batch, model.in_channels, size, size, generator=g))
     return model
+
+
+def calibration_size(model, at_least=224):
+    """The smallest input of at least ``at_least`` px that every stride of ``model`` divides: a
+    stride-64 or -128 model whose upsampled maps are routed with finer ones needs whole cells."""
+    step = 1
+    for scale in model.scales:
+        if scale is not None:     # None: a global pool, 1x1 at any size
+            step = math.lcm(step, scale.numerator)
+    return math.ceil(at_least / step) * step
 
 
 def calibrate_bn(model, images):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from yoloslim.errors import SlimError
-from yoloslim.deploy.parity import head_magnitudes, read_back_tolerance, scaled_difference
+from yoloslim.deploy.parity import decode_gain, head_magnitudes, read_back_tolerance, scaled_difference
 
 
 def read_net(cfg_path, weights_path, exact=False):
@@ -148,6 +148,6 @@ def max_difference_from_opencv(model, cfg_path, weights_path, size, seed=0):
 
 def opencv_read_back(model, cfg_path, weights_path, size, seed=0):
     """(difference, tolerance) for the read-back gate: the difference as above, the tolerance
-    from yoloslim.deploy.parity.read_back_tolerance on the same input."""
+    from yoloslim.deploy.parity.read_back_tolerance on the same input, times the heads' decode gain."""
     return (max_difference_from_opencv(model, cfg_path, weights_path, size, seed),
-            read_back_tolerance(model, random_input(size, seed, model.in_channels)))
+            read_back_tolerance(model, random_input(size, seed, model.in_channels)) * decode_gain(model, size))

@@ -17,6 +17,18 @@ bound to ``FLOAT32_FACTOR`` (10) times the model's measured float32 error agains
 that is larger. A wrong weight, channel or layer moves outputs by 1e-2 and more, still 30x
 past the bound of the deepest model we check.
 A NaN or infinity on either side, or a shape mismatch, is a mismatch (infinite difference).
+
+That reasoning holds for classic heads only. A new_coords=1 head (Scaled-YOLOv4: yolov4-csp, -p5,
+-p6, -p7; yolov5) decodes wh = (2t)^2 * anchor from a t that is already a probability, so a raw
+error e becomes 8 t (anchor / size) e in the normalized box size the read-back compares (4 sqrt(anchor /
+size) e relative, where the box is wider than the input), and obj * class scores move by up to 2e.
+``decode_gain`` is that factor, from the heads' own anchors and the input size; the read-back
+tolerance is ``read_back_tolerance`` (raw units) times it. Measured with benchmarks/parity_noise.py
+(random weights seed 7, 608 px): yolov4-csp's float32 raw error is 1.27e-4 and OpenCV's own 1.60e-4,
+but the decoded outputs differ by 5.25e-4, over the old 4 x 1.27e-4 = 5.06e-4 gate (yolov4-p6 at 1280
+was refused the same way, 3.79e-4 against 2.8e-4); its decode gain is 3.48 (largest anchor 459 px),
+giving 1.77e-3. A wrong weight moves the decoded outputs by the same gain, so the margin to a real
+fault is unchanged.
 """
 import copy
 
@@ -68,3 +80,19 @@ def scaled_difference(ours, ref, scale=1.0, relative=None):
 def within(diff, tolerance=TOLERANCE):
     """The comparison every read-back gate uses; False for NaN."""
     return bool(diff <= tolerance)
+
+
+def decode_gain(model, size):
+    """How much the [yolo] decoding can enlarge a raw-map error in the outputs the read-back compares
+    (OpenCV's layout: box size normalized by the input, relative where above 1; obj x class). 1 for
+    classic heads; for new_coords heads the largest of 2 (a product of two probabilities) and, per
+    anchor a of an input side s, min(8 a/s, 4 sqrt(a/s)) (see the module docstring)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    gain = 1.0
+    for i in model.yolo_layers:
+        head = model.module_list[i]
+        if not head.new_coords:
+            continue
+        rel = torch.cat([head.anchors[:, 0] / w, head.anchors[:, 1] / h]).double()
+        gain = max(gain, 2.0, float(torch.minimum(8 * rel, 4 * rel.sqrt()).max()))
+    return gain

@@ -14,10 +14,12 @@ import csv
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
@@ -30,7 +32,7 @@ from yoloslim.data.files import check_classes
 from yoloslim.deploy.measure import flush_denormals
 from yoloslim.errors import DataError, SlimError
 from yoloslim.eval.evaluate import build_loader, evaluate
-from yoloslim.io import atomic_write
+from yoloslim.io import atomic_write, claim_folder
 from yoloslim.train.config import parse_hyp
 from yoloslim.train.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
 from yoloslim.train.ema import ModelEMA
@@ -47,14 +49,26 @@ RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R"
 
 # ----------------------------------------------------------------------------- run folder
 def prepare_run_folder(opt, ddp):
-    """Refuse to reuse a non-empty run folder unless --resume or --exist-ok."""
-    exists = os.path.isdir(opt.out) and os.listdir(opt.out)
+    """A resumed run needs its last.pt; a new run's folder is claimed at the end of setup."""
     if opt.resume and not os.path.isfile(os.path.join(opt.out, "last.pt")):
         raise SlimError(f"{opt.out}: no last.pt to resume from; start the run without --resume")
-    if exists and not (opt.resume or opt.exist_ok):
-        raise SlimError(f"{opt.out}: run folder exists and is not empty; pick another --out, "
-                        f"or pass --resume to continue it or --exist-ok to write into it")
     ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
+
+
+def claim_run_folder(opt, ddp):
+    """A new run claims its folder as the prune scripts do (os.mkdir: out, else out-2, -3, ...),
+    so two runs given one out, even started at once, never write into one folder. resume and
+    exist_ok write into out as given. Under torchrun rank 0 claims and every rank takes its name."""
+    if opt.resume or opt.exist_ok:
+        if ddp.master:
+            os.makedirs(opt.out, exist_ok=True)
+        return
+    name = [claim_folder(opt.out) if ddp.master else None]
+    if ddp.enabled:
+        dist.broadcast_object_list(name, src=0)
+    if name[0] != os.fspath(opt.out).rstrip(os.sep) and ddp.master:
+        print(f"note: {opt.out} is taken; this run writes into {name[0]}", file=sys.stderr)
+    opt.out = name[0]
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -219,8 +233,7 @@ class Trainer:
         self.best_fitness, self.results, self.gamma_history = -1.0, [], []
         if self.ckpt is not None:
             self._restore(self.ckpt)
-        if self.ddp.master:   # only now: a run refused during setup leaves no folder behind
-            os.makedirs(opt.out, exist_ok=True)
+        claim_run_folder(opt, self.ddp)   # only now: a run refused during setup leaves no folder behind
         self.tb = tensorboard_writer(os.path.join(opt.out, "tb")) if self.ddp.master else None
         self.val_loader = None
 
