@@ -9,6 +9,7 @@ import time
 import torch
 
 from models import load_model
+from utils.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
 from utils.errors import PruneError
 from utils import cli_checks as checks
 from utils.io import atomic_folder, atomic_write, claim_folder, is_torch_file
@@ -17,13 +18,14 @@ from utils.parity import within
 from utils.pipeline import measure
 from utils.prune_graph import analyze
 from utils.prune_report import channel_table, comparison_table
+from utils.ratio_search import plot_search
 from utils.prune_utils import POLICIES, make_units, prune, unit_scores, write_pruned
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
 SPARSE_ENOUGH = 0.1  # a sparsity-trained model has at least this share of gammas near zero
 
 
-def base_parser(description, percent_default=0.5):
+def base_parser(description, percent_default=0.35):
     p = checks.parser(description)
     p.add_argument("--cfg", required=True, type=checks.input_file, help="Darknet .cfg of the model to prune")
     p.add_argument("--weights", required=True, type=checks.input_file,
@@ -31,8 +33,9 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--data", type=checks.input_file, help=".data file; when given, mAP@0.5 is measured before and after")
     p.add_argument("--images", type=checks.image_source,
                    help="unlabelled images (folder, file or glob): the pruned model's agreement mAP@0.5 with the original")
-    p.add_argument("--percent", type=checks.number(float, lo=0, hi=1, hi_open=True), default=percent_default,
-                   help="fraction of prunable channels to remove")
+    p.add_argument("--percent", type=percent_value, default=None,
+                   help=f"fraction of prunable channels to remove, or 'auto' to find it (below); default: auto when "
+                        f"--data, --images or a --target is given, else {percent_default:g}")
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=None,
                    help="keep at least this fraction of every layer (allows a percent past the safe limit)")
     p.add_argument("--img-size", type=checks.img_size, default=None,
@@ -40,6 +43,8 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--out", type=checks.output_dir, default=None,
                    help="output folder (default: runs/prune/<cfg>-<method>-<percent>); taken as -2, -3, ... when it exists")
     p.add_argument("--latency-runs", type=checks.timed_runs, default=10, help="timed runs for each latency median (0 = skip)")
+    add_search_options(p)
+    p.set_defaults(percent_fallback=percent_default)
     return p
 
 
@@ -128,10 +133,15 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     complete (pair + summary.json) or not at all.
     """
     policy = POLICIES[policy] if isinstance(policy, str) else policy
-    percent = args.percent if channels else None
+    criterion = resolve_criterion(args, args.percent_fallback) if channels else None
     validate_inputs(args, channels)
     model = load_model(args.cfg, args.weights, args.img_size).eval()
     graph = analyze(model.module_defs)
+    args.search = None
+    if criterion is not None:
+        args.search = run_search(args, model, policy, criterion, args.img_size or model.img_size[0], n_blocks)
+        args.percent = args.search.ratio
+    percent = args.percent if channels else None
     if percent is not None:
         sparsity_report(model, graph, policy, percent)
     t0 = time.perf_counter()
@@ -148,6 +158,8 @@ def run_prune(args, policy, method, n_blocks=0, channels=True):
     folder = output_folder(args, method)
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     with atomic_folder(folder) as work:
+        if args.search is not None:
+            plot_search(args.search, os.path.join(work, "ratio_search.png"), f"{stem} {method}")
         summary = _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem)
     print(f"complete: {folder} (pruned pair and summary.json)")
     return summary
@@ -184,7 +196,8 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
     summary = {"method": method, "cfg": args.cfg, "weights": args.weights, "percent": args.percent,
                "layers_removed": n_blocks, "out_cfg": cfg_out, "out_weights": weights_out,
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
-               "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None)}
+               "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None),
+               "ratio_search": args.search.as_dict() if args.search is not None else None}
     with atomic_write(os.path.join(work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
