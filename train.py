@@ -46,11 +46,12 @@ from utils.loss import DEFAULT_HYP, compute_loss, default_hyp, init_head_biases
 from utils.parse_config import load_classes, parse_cfg_text, parse_data_cfg
 from utils.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                             plot_gamma_history, record_gamma_history, tensorboard_writer)
+from utils.sparsity_target import SparsityTarget, untrained_warning
 from utils.torch_utils import flush_denormals
 from utils.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
-                 "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]
+                 "gamma_below_1e-2", "sparsity_goal", "gamma_median", "epoch_s", "eval_s"]
 # Options a resumed run takes from the command line rather than from the checkpoint: they
 # change where and how fast it runs, not what it computes.
 RUNTIME_OPTIONS = {"resume", "exist_ok", "device", "workers", "threads", "out", "quiet", "epochs_given"}
@@ -82,7 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
                    help="Adam (default; measured better than SGD at this scale, docs/TRAINING.md) or SGD")
     p.add_argument("--adam", dest="optimizer", action="store_const", const="adam", help="same as --optimizer adam")
-    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.003 Adam, 0.01 SGD)")
+    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.003 Adam, 0.01 SGD); to "
+                   "fine-tune a pruned model, start at the LR its training ended at, lr0 x lrf (0.003 x 0.05 = "
+                   "0.00015 after a cosine run, 0.003 after a constant-LR sparsity run; docs/TRAINING.md)")
     p.add_argument("--lrf", type=checks.non_negative_float, help="final LR as a fraction of lr0 (cosine; default 0.05, and 1.0 = "
                    "constant with -sr: under Adam a gamma moves about lr per step, so a decaying LR stops the "
                    "collapse)")
@@ -110,6 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--prune", type=int, choices=(0, 1, 2), default=1,
                    help="which BNs: 0 normal (skip shortcut groups), 1 shortcut (all prunable), 2 tiny")
     p.add_argument("--sr-schedule", choices=("constant", "linear", "step"), default="constant")
+    p.add_argument("--sparsity-target", type=checks.open_fraction, default=None, metavar="SHARE",
+                   help="with -sr: the share of prunable |gamma| that should fall below 1e-2 (the ratio you mean to "
+                        "prune); s is doubled after each epoch the share lags a linear schedule that reaches SHARE at "
+                        "3/4 of the epochs (at most 32x --s), and the run warns if it ends short")
     p.add_argument("--t_cfg", "--t-cfg", dest="t_cfg", type=checks.input_file, help="teacher cfg for knowledge distillation")
     p.add_argument("--t_weights", "--t-weights", dest="t_weights", type=checks.input_file,
                    help="teacher weights (Darknet weights or our checkpoint)")
@@ -135,6 +142,10 @@ def parse_args(argv=None):
         opt.epochs = DEFAULT_EPOCHS
     if not opt.resume and not opt.cfg and not (opt.weights and is_torch_file(opt.weights)):
         p.error("--cfg is required unless --weights is a checkpoint of ours (which holds its cfg)")
+    if opt.sparsity_target is not None and not opt.sr:
+        p.error("--sparsity-target steers sparsity training; add -sr (and --prune for the policy you will prune with)")
+    if opt.sparsity_target is not None and opt.sr_schedule != "constant":
+        p.error(f"--sparsity-target sets s epoch by epoch, --sr-schedule {opt.sr_schedule} decays it: pass only one")
     if bool(opt.t_cfg) != bool(opt.t_weights) and not (opt.t_weights and is_torch_file(opt.t_weights)):
         p.error("distillation needs --t_weights (and --t_cfg unless the weights are a checkpoint of ours)")
     return opt
@@ -497,6 +508,8 @@ class Trainer:
         self.amp = self.device.type == "cuda" and not opt.no_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.sparsity = BNSparsity(self.net, opt.prune, opt.s, opt.sr_schedule, opt.epochs) if opt.sr else None
+        self.target = SparsityTarget(opt.sparsity_target, opt.epochs) if opt.sr and opt.sparsity_target else None
+        self.share = None     # share of prunable |gamma| below 1e-2 after the latest epoch
         self.model = self.net
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -548,6 +561,8 @@ class Trainer:
             state.update(train_model=self.net.state_dict(), ema_updates=self.ema.updates)
         if self.sparsity is not None:
             state["sparsity"] = self.sparsity.state_dict()
+        if self.target is not None:
+            state["sparsity_target"] = self.target.state_dict()
         return state
 
     def _restore(self, ckpt):
@@ -561,6 +576,9 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.sparsity is not None and "sparsity" in ckpt:
             self.sparsity.load_state_dict(ckpt["sparsity"])
+        if self.target is not None and "sparsity_target" in ckpt:
+            self.target.load_state_dict(ckpt["sparsity_target"])
+            self.target.epochs = self.opt.epochs   # an extended run spreads the schedule over its new length
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch"])
         if self.start_epoch >= self.opt.epochs:
             raise SlimError(f"{self.opt.out}: this run already trained {self.start_epoch} epochs; pass --epochs N "
@@ -652,9 +670,10 @@ class Trainer:
     def end_epoch(self, epoch, losses, epoch_s, stop):
         """Rank 0: evaluate, log, plot gammas and save; every rank: wait for it."""
         opt = self.opt
+        s_used = self.sparsity.s_at(epoch) if self.sparsity else 0.0
+        note = self.adapt_sparsity(epoch) if self.sparsity is not None else None   # before the state is saved
         if self.ddp.master:
-            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                   "s": self.sparsity.s_at(epoch) if self.sparsity else 0.0,
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "s": s_used,
                    **dict(zip(("box", "obj", "cls", "loss", "kd"), losses.tolist())), "epoch_s": epoch_s}
             last = epoch + 1 == opt.epochs
             if last or (epoch + 1) % max(opt.eval_interval, 1) == 0:
@@ -665,6 +684,8 @@ class Trainer:
                 row.update(self.log_gammas(epoch))
             self.results.append(row)
             self.print_row(row)
+            if note:
+                print(note, flush=True)
             improved = "mAP50" in row and row["mAP50"] > self.best_fitness
             if improved:
                 self.best_fitness = row["mAP50"]
@@ -686,11 +707,33 @@ class Trainer:
         plot_gamma_history(self.gamma_history, os.path.join(self.opt.out, "gamma_history.png"))
         log_gamma_tensorboard(self.tb, net, layers, epoch + 1)
         stats = gamma_stats(net, layers)
-        return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"]}
+        goal = {"sparsity_goal": self.target.expected(epoch + 1)} if self.target is not None else {}
+        return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"], **goal}
+
+    def adapt_sparsity(self, epoch):
+        """Every rank: the share of prunable gammas below 1e-2 sets next epoch's s (same gammas
+        on every rank, so the same s); see utils/sparsity_target.py for the rule."""
+        self.share = share = gamma_stats(self.deployed(), self.sparsity.layers).get("frac_below_1e-2", 0.0)
+        if self.target is None or epoch + 1 == self.opt.epochs:   # no next epoch to steer
+            return None
+        before = self.sparsity.s_at(epoch + 1)
+        self.sparsity.gain = self.target.update(share, epoch + 1)
+        after = self.sparsity.s_at(epoch + 1)
+        if after == before:
+            return None
+        return (f"sparsity: {share:.1%} of prunable |gamma| below 1e-2, goal {self.target.expected(epoch + 1):.1%}: "
+                f"s {before:.3g} -> {after:.3g}")
+
+    def sparsity_warning(self, share):
+        if self.target is not None:
+            return self.target.shortfall(share, self.opt.s, self.opt.epochs)
+        return untrained_warning(share, self.opt.s)
 
     def print_row(self, row):
         shown = "  ".join(f"{k} {row[k]:.4g}" for k in ("loss", "P", "R", "mAP50", "mAP50_95",
-                                                        "gamma_below_1e-2") if k in row)
+                                                        "gamma_below_1e-2", "sparsity_goal") if k in row)
+        if self.sparsity is not None:
+            shown += f"  s {row['s']:.3g}"
         evaluated = f", eval {row['eval_s']:.1f} s" if "eval_s" in row else ""
         print(f"epoch {row['epoch']}/{self.opt.epochs}  {shown}  (train {row['epoch_s']:.1f} s{evaluated})", flush=True)
 
@@ -701,7 +744,7 @@ class Trainer:
     def run(self):
         opt = self.opt
         self.record_initial_gammas()
-        t_start = time.time()
+        t_start, share = time.time(), None
         with GracefulStop() as stop:
             for epoch in range(self.start_epoch, opt.epochs):
                 if self.sparsity is not None:
@@ -709,9 +752,16 @@ class Trainer:
                 t0 = time.time()
                 losses = self.train_epoch(epoch, stop)
                 self.end_epoch(epoch, losses, time.time() - t0, stop)
+                share = self.share
                 if self.ddp.any(stop.requested) and epoch + 1 < opt.epochs:
                     raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}; resume with --resume")
-        return self.summary(time.time() - t_start)
+        result = self.summary(time.time() - t_start)
+        warning = self.sparsity_warning(share) if share is not None else None
+        if warning:
+            result["sparsity_warning"] = warning
+            if self.ddp.master:
+                print(warning, flush=True)
+        return result
 
     def summary(self, seconds):
         out = self.opt.out

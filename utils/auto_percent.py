@@ -17,9 +17,15 @@ _fraction = checks.number(float, lo=0, hi=1, hi_open=True)
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 
 
-def percent_value(text):
-    """--percent: 'auto' or a fraction in [0, 1)."""
-    return AUTO if text.strip().lower() == AUTO else _fraction(text)
+def auto_or(parse):
+    """An argparse ``type=``: 'auto', or what ``parse`` accepts."""
+    def parse_auto(text):
+        return AUTO if text.strip().lower() == AUTO else parse(text)
+    parse_auto.__name__ = f"'auto' or {parse.__name__}"
+    return parse_auto
+
+
+percent_value = auto_or(_fraction)      # the prune scripts: 0 means "layers only" in layer_channel_prune
 
 
 def budget_value(text):
@@ -83,6 +89,26 @@ def resolve_criterion(args, fallback):
         return Criterion(min_agreement=DEFAULT_MIN_AGREEMENT)
     raise PruneError("--percent auto needs a yardstick: --data (mAP@0.5), --images (agreement), --target-params "
                      "or --target-flops")
+
+
+def search_checkpoint(checkpoint, policy, data, img_size, max_drop, layer_keep, path):
+    """slim.py's stage: the largest ratio of ``policy`` within ``max_drop`` mAP@0.5 of the
+    sparsity-trained checkpoint, on the first SEARCH_IMAGES validation images; curve drawn to ``path``."""
+    from models import model_from_checkpoint
+    from utils.prune_utils import POLICIES
+    from utils.ratio_search import plot_search
+    model = model_from_checkpoint(checkpoint).eval()
+    score, images = map_scorer(data, img_size)
+    criterion = Criterion(max_drop=max_drop)
+    print(f"searching the ratio for {criterion.name()} on {images} validation images, policy {policy} ...", flush=True)
+    result = search_ratio(model, POLICIES[policy], criterion, img_size, score, layer_keep, 0, "mAP@0.5", images)
+    print("\n".join(result.lines()))
+    plot_search(result, path, f"{policy} policy")
+    if result.ratio <= 0:
+        raise PruneError(f"{checkpoint}: no prune ratio keeps mAP@0.5 within {criterion.name()} (curve above, "
+                         f"{path}); the sparsity did not take hold: raise --s or the epochs, or loosen --max-drop")
+    print(f"chosen: --percent {result.ratio:.3f} ({criterion.name()}, {len(result.probes)} probes)")
+    return result
 
 
 def run_search(args, model, policy, criterion, img_size, n_blocks=0):
