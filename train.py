@@ -56,6 +56,9 @@ RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R"
 # change where and how fast it runs, not what it computes.
 RUNTIME_OPTIONS = {"resume", "exist_ok", "device", "workers", "threads", "out", "quiet", "epochs_given"}
 DEFAULT_EPOCHS = 30
+# Options added after stage caches existed (utils/pipeline.stage_key): left out of the key while
+# unset, so a stage trained before they existed is still recognised as the same computation.
+KEYED_WHEN_SET = {"sparsity_target"}
 
 
 # ----------------------------------------------------------------------------- options

@@ -211,3 +211,10 @@ def test_train_refuses_a_sparsity_target_it_cannot_follow(files, flags, message)
                cwd=files["root"])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), proc.stderr
+
+
+def test_stage_caches_from_before_the_sparsity_target_stay_valid(files):
+    from utils.pipeline import resolved_options
+    argv = ["--cfg", files["cfg"], "--data", files["data"], "-sr"]
+    assert "sparsity_target" not in resolved_options(train, argv)          # unset: the key of an older stage
+    assert resolved_options(train, argv + ["--sparsity-target", "0.4"])["sparsity_target"] == 0.4

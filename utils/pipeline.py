@@ -172,7 +172,8 @@ RUNTIME_FLAGS = ("--threads", "--workers", "--quiet", "--device")
 def resolved_options(train, argv):
     """Every train.py option after defaults are filled in: a changed default also changes the key."""
     opt = vars(train.parse_args(list(argv)))
-    return {k: v for k, v in sorted(opt.items()) if k not in train.RUNTIME_OPTIONS}
+    return {k: v for k, v in sorted(opt.items())
+            if k not in train.RUNTIME_OPTIONS and not (v is None and k in train.KEYED_WHEN_SET)}
 
 
 def stage_key(argv, options=None):
