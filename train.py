@@ -729,7 +729,7 @@ class Trainer:
 
     def sparsity_warning(self, share):
         if self.target is not None:
-            return self.target.shortfall(share, self.opt.s, self.opt.epochs)
+            return self.target.shortfall(share, self.opt.s, self.opt.epochs, constant_lr=self.opt.lrf >= 1)
         return untrained_warning(share, self.opt.s)
 
     def print_row(self, row):

@@ -42,17 +42,17 @@ class SparsityTarget:
             self.gain = max(self.gain / FACTOR, 1.0)
         return self.gain
 
-    def shortfall(self, share, s_given, epochs):
+    def shortfall(self, share, s_given, epochs, constant_lr=True):
         """A plain warning when the run ended short of the target, else None."""
         if share >= self.target:
             return None
         capped = " (the cap)" if self.gain >= MAX_GAIN else ""
+        lr_hint = "" if constant_lr else "keep the LR up while the gammas collapse (--lrf 1.0), "
         return (f"warning: sparsity training ended with {share:.1%} of the prunable |gamma| below 1e-2, short of "
                 f"--sparsity-target {self.target:.0%}; s ended at {self.gain:g} x --s {s_given:g}{capped}. Pruning "
                 f"more than {share:.0%} of the channels will cut live ones: train longer (--epochs {2 * epochs}, or "
-                f"--resume --epochs N to extend this run), start from a larger --s ({s_given * MAX_GAIN:g}), keep the "
-                f"LR up while the gammas collapse (--lrf 1.0), or prune at a ratio the share supports "
-                f"(--percent auto finds it)")
+                f"--resume --epochs N to extend this run), start from a larger --s ({s_given * MAX_GAIN:g}), "
+                f"{lr_hint}or prune at a ratio the share supports (--percent auto finds it)")
 
     def state_dict(self):
         return {"target": self.target, "epochs": self.epochs, "gain": self.gain}
