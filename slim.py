@@ -24,12 +24,14 @@ import sys
 import time
 
 from yoloslim.cli import checks
+from yoloslim.cli.auto_percent import AUTO, auto_or, search_checkpoint
+from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from yoloslim.darknet.load import load_model
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write
-from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from yoloslim.pipeline.stages import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
+from yoloslim.prune.ratio_search import DEFAULT_MAX_DROP
 from yoloslim.train.config import TrainConfig
 
 # Targets of the main job (issue 9), checked and printed in the report.
@@ -38,7 +40,9 @@ TARGETS = {"base_mAP50": 0.6, "params_cut": 0.5, "opencv_speedup": 1.5, "max_mAP
 MODELS = {   # what differs between the two main jobs; everything else is shared
     # measured in docs/TRAINING.md: the L1 penalty during the 26-epoch transfer fine-tune
     # (--sparse-epochs 0) collapses the spare channels without the cost of a separate stage
-    "tiny": dict(policy="tiny", method="tiny", percent=0.35, epochs=26, sparse_epochs=0,
+    # percent "auto": the largest ratio within --max-drop mAP@0.5 before fine-tuning (yoloslim/prune/ratio_search.py);
+    # narrow keeps a fixed ratio: from scratch in 18 epochs it scores about 0.03 mAP, too little to rank ratios by
+    "tiny": dict(policy="tiny", method="tiny", percent="auto", epochs=26, sparse_epochs=0,
                  finetune_epochs=4, s=0.002, lr0=0.003),
     "narrow": dict(policy="shortcut", method="shortcut", percent=0.7, epochs=10, sparse_epochs=8,
                    finetune_epochs=4, s=0.02, lr0=0.003),
@@ -66,7 +70,11 @@ def parse_args(argv=None):
                    help="sparsity strength (constant, with a constant LR: under Adam a gamma moves about lr "
                         "per step, so a decaying LR stops the collapse; see docs/TRAINING.md)")
     p.add_argument("--finetune-epochs", type=checks.positive_int)
-    p.add_argument("--percent", type=checks.open_fraction, help="fraction of prunable channels to remove")
+    p.add_argument("--percent", type=auto_or(checks.open_fraction),
+                   help="fraction of prunable channels to remove, or auto: the largest within --max-drop "
+                        "(default: auto for tiny, 0.7 for narrow)")
+    p.add_argument("--max-drop", type=checks.fraction, default=DEFAULT_MAX_DROP,
+                   help="with --percent auto: mAP@0.5 the pruned model may lose before fine-tuning")
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=0.05)
     p.add_argument("--lr0", type=checks.positive_float)
     p.add_argument("--threads", type=checks.positive_int, help="torch threads (default: torch's; 1 on a busy machine)")
@@ -141,8 +149,8 @@ def main(argv=None):
         raise SlimError(f"--out {args.out}: choose a run folder, not the repository root")
     os.makedirs(args.out, exist_ok=True)
     spec = MODELS[args.model]
-    common = dict(img_size=args.img_size, batch_size=args.batch_size, optimizer="adam", lr0=args.lr0,
-                  eval_interval=100, threads=args.threads)
+    common = dict(img_size=args.img_size, batch_size=args.batch_size, optimizer="adam", eval_interval=100,
+                  threads=args.threads)
 
     stage("1/6 synthetic data set and starting point")
     data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
@@ -152,11 +160,14 @@ def main(argv=None):
     # model that is pruned is the one that was trained, with no separate stage to pay for
     during = args.sparse_epochs == 0
     sparsity = dict(sr=True, s=args.s, prune=spec["policy"], sr_schedule="constant")
+    # one LR rule: the pruned model is fine-tuned from the LR the pruned model's training ended at
+    # (lr0 x lrf: cosine to 0.05 when the sparsity rides the fine-tune, constant in a separate stage)
+    final_lrf = 0.05 if during else 1.0
     stage("2/6 " + ("fine-tune the COCO weights" if weights else "train from scratch")
           + (" with L1 sparsity on BN gamma" if during else ""))
-    base = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs,
+    base = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs, lr0=args.lr0,
                                     out=os.path.join(args.out, "train"),
-                                    **common, **(dict(sparsity, lrf=0.05) if during else {})))
+                                    **common, **(dict(sparsity, lrf=final_lrf) if during else {})))
 
     if during:
         stage("3/6 sparsity training: done in stage 2 (--sparse-epochs 0)")
@@ -165,10 +176,15 @@ def main(argv=None):
         stage(f"3/6 sparsity training (L1 on BN gamma, the gammas the {spec['policy']} policy prunes)")
         sparse_dir = os.path.join(args.out, "sparse")
         sparse = run_training(TrainConfig(data, weights=base["last"], epochs=args.sparse_epochs, out=sparse_dir,
-                                          lrf=1.0, warmup_epochs=0, **common, **sparsity))
+                                          lr0=args.lr0, lrf=final_lrf, warmup_epochs=0, **common, **sparsity))
 
     stage(f"4/6 prune ({spec['method']}, percent {args.percent})")
-    method = Method(spec["method"], spec["policy"], args.percent, layer_keep=args.layer_keep)
+    args.search = None
+    if args.percent == AUTO:
+        args.search = search_checkpoint(sparse["last"], spec["policy"], data, args.img_size, args.max_drop,
+                                        args.layer_keep, os.path.join(args.out, "ratio_search.png"))
+    method = Method(spec["method"], spec["policy"], args.search.ratio if args.search else args.percent,
+                    layer_keep=args.layer_keep)
     model, compact, plans = prune_checkpoint(sparse["last"], method)
     pruned_cfg, pruned_weights = save_pruned(compact, os.path.join(args.out, "pruned"), method.name)
     original_cfg, original_weights = os.path.join(sparse_dir, "model.cfg"), sparse["last_weights"]
@@ -178,7 +194,7 @@ def main(argv=None):
     stage("5/6 fine-tune the pruned model with distillation from the unpruned one")
     tuned = run_training(TrainConfig(data, cfg=pruned_cfg, weights=pruned_weights, epochs=args.finetune_epochs,
                                      out=os.path.join(args.out, "finetune"), t_cfg=original_cfg,
-                                     t_weights=sparse["last"], **common))
+                                     t_weights=sparse["last"], lr0=round(args.lr0 * final_lrf, 10), **common))
 
     stage("6/6 deploy checks and measurements")
     final = load_model(pruned_cfg, tuned["last"], args.img_size).eval()
@@ -228,6 +244,11 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
           f"x{ref['opencv_ms'] / r['opencv_ms']:.2f}" if "opencv_ms" in r else "-"] for name, r in rows.items()])
     targets = markdown_table(["target", "wanted", "measured", "met"], target_rows(rows, seconds / 60))
     checks = ", ".join(f"{k} max |diff| vs PyTorch {v:.2e}" for k, v in diffs.items())
+    if getattr(args, "search", None):
+        s = args.search
+        table += (f"\n\nPrune ratio found, not guessed: {s.criterion} before fine-tuning, mAP@0.5 on the first "
+                  f"{s.images} validation images, bisection ({len(s.probes)} probes): **--percent {s.ratio:.3f}** "
+                  f"(`ratio_search.png`).\n\n```\n" + "\n".join(s.lines()) + "\n```")
     text = (f"# slim.py run\n\nCommand: `python slim.py {' '.join(sys.argv[1:])}` (--model {args.model})\n\n"
             f"Machine: {machine_line()}; latency = batch 1, median of {args.latency_runs} runs after 5 warm-up. "
             f"Wall time {seconds / 60:.1f} min (stages reused from the cache are not re-timed).\n\n{table}\n\n"

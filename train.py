@@ -56,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
                    help="Adam (default; measured better than SGD at this scale, docs/TRAINING.md) or SGD")
     p.add_argument("--adam", dest="optimizer", action="store_const", const="adam", help="same as --optimizer adam")
-    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.003 Adam, 0.01 SGD)")
+    p.add_argument("--lr0", type=checks.positive_float, help="initial learning rate (default: 0.003 Adam, 0.01 SGD); to "
+                   "fine-tune a pruned model, start at the LR its training ended at, lr0 x lrf (0.003 x 0.05 = "
+                   "0.00015 after a cosine run, 0.003 after a constant-LR sparsity run; docs/TRAINING.md)")
     p.add_argument("--lrf", type=checks.non_negative_float, help="final LR as a fraction of lr0 (cosine; default 0.05, and 1.0 = "
                    "constant with -sr: under Adam a gamma moves about lr per step, so a decaying LR stops the "
                    "collapse)")
@@ -85,6 +87,10 @@ def parse_args(argv=None):
                    help="which BNs get the penalty: those this prune policy may cut (normal, shortcut, tiny, "
                         "regular-pow2, regular-x8, l1; or the seeds' 0 normal, 1 shortcut, 2 tiny)")
     p.add_argument("--sr-schedule", choices=("constant", "linear", "step"), default="constant")
+    p.add_argument("--sparsity-target", type=checks.open_fraction, default=None, metavar="SHARE",
+                   help="with -sr: the share of prunable |gamma| that should fall below 1e-2 (the ratio you mean to "
+                        "prune); s is doubled after each epoch the share lags a linear schedule that reaches SHARE at "
+                        "3/4 of the epochs (at most 32x --s), and the run warns if it ends short")
     p.add_argument("--t_cfg", "--t-cfg", dest="t_cfg", type=checks.input_file, help="teacher cfg for knowledge distillation")
     p.add_argument("--t_weights", "--t-weights", dest="t_weights", type=checks.input_file,
                    help="teacher weights (Darknet weights or our checkpoint)")
@@ -103,6 +109,10 @@ def parse_args(argv=None):
     opt = p.parse_args(argv)
     if not opt.resume and not opt.cfg and not (opt.weights and is_torch_file(opt.weights)):
         p.error("--cfg is required unless --weights is a checkpoint of ours (which holds its cfg)")
+    if opt.sparsity_target is not None and not opt.sr:
+        p.error("--sparsity-target steers sparsity training; add -sr (and --prune for the policy you will prune with)")
+    if opt.sparsity_target is not None and opt.sr_schedule != "constant":
+        p.error(f"--sparsity-target sets s epoch by epoch, --sr-schedule {opt.sr_schedule} decays it: pass only one")
     if bool(opt.t_cfg) != bool(opt.t_weights) and not (opt.t_weights and is_torch_file(opt.t_weights)):
         p.error("distillation needs --t_weights (and --t_cfg unless the weights are a checkpoint of ours)")
     try:

@@ -46,6 +46,11 @@ def test_slim_with_sparsity_during_the_fine_tune_prunes_the_trained_model(coco_t
     if darknet_missing() is None:                                   # CI installs it: the trained model runs in Darknet
         assert report["deploy_checks"]["darknet"] <= TOLERANCE and "Darknet (libdarknet) reads them" in out
     assert list(rows) == ["base (fine-tuned with sparsity)", "pruned", "pruned + fine-tuned"]
+    md = open(tmp_path / "run" / "report.md").read()                # --percent auto is the tiny default
+    assert "Prune ratio found, not guessed: --max-drop 0.03" in md and "<- chosen" in md
+    assert open(tmp_path / "run" / "ratio_search.png", "rb").read(4) == b"\x89PNG"
+    finetune = json.load(open(tmp_path / "run" / "finetune" / "stage.json"))["key"]["config"]
+    assert finetune["lr0"] == 0.00015                               # lr0 x lrf of the training it continues
     assert rows["pruned"]["params"] < rows["base (fine-tuned with sparsity)"]["params"]
     stage = json.load(open(tmp_path / "run" / "train" / "stage.json"))
-    assert "-sr" in stage["key"]["argv"] and "0.003" in stage["key"]["argv"]
+    assert stage["key"]["config"]["sr"] is True and stage["key"]["config"]["s"] == 0.003

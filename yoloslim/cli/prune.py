@@ -19,12 +19,14 @@ from yoloslim.prune.graph import analyze
 from yoloslim.prune.report import channel_table, comparison_table
 from yoloslim.prune.engine import POLICIES, make_units, prune, unit_scores, write_pruned
 from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS, check_written_pair
+from yoloslim.cli.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
+from yoloslim.prune.ratio_search import plot_search
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
 SPARSE_ENOUGH = 0.1  # a sparsity-trained model has at least this share of gammas near zero
 
 
-def base_parser(description, percent_default=0.5):
+def base_parser(description, percent_default=0.35):
     p = checks.parser(description)
     p.add_argument("--cfg", required=True, type=checks.input_file, help="Darknet .cfg of the model to prune")
     p.add_argument("--weights", required=True, type=checks.input_file,
@@ -32,8 +34,9 @@ def base_parser(description, percent_default=0.5):
     p.add_argument("--data", type=checks.input_file, help=".data file; when given, mAP@0.5 is measured before and after")
     p.add_argument("--images", type=checks.image_source,
                    help="unlabelled images (folder, file or glob): the pruned model's agreement mAP@0.5 with the original")
-    p.add_argument("--percent", type=checks.number(float, lo=0, hi=1, hi_open=True), default=percent_default,
-                   help="fraction of prunable channels to remove")
+    p.add_argument("--percent", type=percent_value, default=None,
+                   help=f"fraction of prunable channels to remove, or 'auto' to find it (below); default: auto when "
+                        f"--data, --images or a --target is given, else {percent_default:g}")
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=None,
                    help="keep at least this fraction of every layer (allows a percent past the safe limit)")
     p.add_argument("--img-size", type=checks.img_size, default=None,
@@ -48,6 +51,8 @@ def base_parser(description, percent_default=0.5):
                    help="threads set in each runtime for the latency runs")
     p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help=READER_HELP)
     p.add_argument("--input-reader", choices=["auto", *READERS], default="auto", help=INPUT_READER_HELP)
+    add_search_options(p)
+    p.set_defaults(percent_fallback=percent_default)
     return p
 
 
@@ -144,7 +149,7 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     complete (pair + summary.json) or not at all.
     """
     policy = POLICIES[policy] if isinstance(policy, str) else policy
-    percent = args.percent if channels else None
+    criterion = resolve_criterion(args, args.percent_fallback) if channels else None
     validate_inputs(args, channels)
     model = load_model(args.cfg, args.weights, args.img_size,
                        reader=None if args.input_reader == "auto" else args.input_reader).eval()
@@ -153,6 +158,11 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     graph = analyze(model.module_defs)
     if needs_shortcuts:
         refuse_without_shortcuts(graph, args.cfg)
+    args.search = None
+    if criterion is not None:
+        args.search = run_search(args, model, policy, criterion, args.img_size or model.img_size[0], n_blocks)
+        args.percent = args.search.ratio
+    percent = args.percent if channels else None
     if percent is not None:
         sparsity_report(model, graph, policy, percent)
     t0 = time.perf_counter()
@@ -169,6 +179,8 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     folder = output_folder(args, method)
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
     with atomic_folder(folder) as work:
+        if args.search is not None:
+            plot_search(args.search, os.path.join(work, "ratio_search.png"), f"{stem} {method}")
         summary = _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem)
     print(f"complete: {folder} (pruned pair and summary.json)")
     return summary
@@ -214,7 +226,8 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
                "reader": args.reader, "reader_max_diff": reader_diff, "input_read_as": model.read_as,
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
                "latency": latency,
-               "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None)}
+               "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None),
+               "ratio_search": args.search.as_dict() if args.search is not None else None}
     with atomic_write(os.path.join(work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

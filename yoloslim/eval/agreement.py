@@ -58,10 +58,15 @@ def detect(model, imgs, conf_thres):
 
 def agreement(reference, candidate, folder, img_size, batch_size=16):
     """Agreement of ``candidate`` with ``reference`` on the images in ``folder``."""
+    return agreement_on_batches(reference, candidate, image_batches(folder, img_size, batch_size))
+
+
+def agreement_on_batches(reference, candidate, batches):
+    """Agreement on image tensors already loaded (a prune ratio search scores many candidates)."""
     if reference.nc != candidate.nc:
         raise ValueError(f"the reference has {reference.nc} classes and the candidate {candidate.nc}")
     stats, n_img, n_ref, n_cand = [], 0, 0, 0
-    for imgs in image_batches(folder, img_size, batch_size):
+    for imgs in batches:
         refs = detect(reference, imgs, REFERENCE_CONF)
         cands = detect(candidate, imgs, EVAL_CONF)
         for ref, cand in zip(refs, cands):

@@ -49,6 +49,7 @@ class TrainConfig:
     s: float = 0.02
     prune: str = "shortcut"                # which BNs: those this prune policy may cut
     sr_schedule: str = "constant"
+    sparsity_target: float = None          # share of prunable |gamma| < 1e-2 to reach; s adapts (sparsity_target.py)
     t_cfg: str = None                      # distillation teacher
     t_weights: str = None
     kd_weight: float = 1.0

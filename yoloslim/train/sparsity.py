@@ -60,16 +60,18 @@ class BNSparsity:
         self.layers = policy_layers(unwrap(model).module_defs, self.policy)
         self.bns = bn_modules(model, self.layers)
         self.epoch = 0.0
+        self.gain = 1.0             # set by --sparsity-target (yoloslim/train/sparsity_target.py); 1 = s as given
 
     def s_at(self, epoch=None):
         """Penalty strength at ``epoch`` (defaults to the epoch set by ``set_epoch``)."""
         e = self.epoch if epoch is None else float(epoch)
+        s = self.s * self.gain
         if self.schedule == "linear":
-            return self.s * (1.0 - 0.9 * e / self.epochs)
+            return s * (1.0 - 0.9 * e / self.epochs)
         if self.schedule == "step":
             frac = e / self.epochs
-            return self.s if frac < 0.5 else self.s * 0.5 if frac < 0.8 else self.s * 0.1
-        return self.s
+            return s if frac < 0.5 else s * 0.5 if frac < 0.8 else s * 0.1
+        return s
 
     def set_epoch(self, epoch):
         self.epoch = float(epoch)
@@ -87,13 +89,14 @@ class BNSparsity:
 
     def state_dict(self):
         return {"policy": self.policy, "s": self.s, "schedule": self.schedule, "epochs": self.epochs,
-                "epoch": self.epoch, "layers": list(self.layers)}
+                "epoch": self.epoch, "layers": list(self.layers), "gain": self.gain}
 
     def load_state_dict(self, state):
         if list(state["layers"]) != list(self.layers):
             raise ValueError("sparsity state was saved for other BN layers; resume with the same --cfg and --prune")
         self.s, self.schedule = float(state["s"]), state["schedule"]
         self.epochs, self.epoch = int(state["epochs"]), float(state["epoch"])
+        self.gain = float(state.get("gain", 1.0))
 
 
 # ----------------------------------------------------------------------------- statistics

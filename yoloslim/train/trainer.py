@@ -41,10 +41,11 @@ from yoloslim.train.runtime import (Dist, GracefulStop, ResumableSampler, batch_
                                     seed_worker, select_device, set_rng_state)
 from yoloslim.train.sparsity import (BNSparsity, gamma_stats, log_gamma_tensorboard, plot_gamma_histogram,
                                      plot_gamma_history, record_gamma_history, tensorboard_writer)
+from yoloslim.train.sparsity_target import SparsityTarget, untrained_warning
 from yoloslim.train.transfer import TransferReport, keep_frozen_bn_eval, load_partial
 
 RESULT_FIELDS = ["epoch", "lr", "s", "box", "obj", "cls", "kd", "loss", "P", "R", "F1", "mAP50", "mAP50_95",
-                 "gamma_below_1e-2", "gamma_median", "epoch_s", "eval_s"]
+                 "gamma_below_1e-2", "sparsity_goal", "gamma_median", "epoch_s", "eval_s"]
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -223,6 +224,8 @@ class Trainer:
         self.amp = self.device.type == "cuda" and not opt.no_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.sparsity = BNSparsity(self.net, opt.prune, opt.s, opt.sr_schedule, opt.epochs) if opt.sr else None
+        self.target = SparsityTarget(opt.sparsity_target, opt.epochs) if opt.sr and opt.sparsity_target else None
+        self.share = None     # share of prunable |gamma| below 1e-2 after the latest epoch
         self.model = self.net
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -273,6 +276,8 @@ class Trainer:
             state.update(train_model=self.net.state_dict(), ema_updates=self.ema.updates)
         if self.sparsity is not None:
             state["sparsity"] = self.sparsity.state_dict()
+        if self.target is not None:
+            state["sparsity_target"] = self.target.state_dict()
         return state
 
     def _restore(self, ckpt):
@@ -286,6 +291,9 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.sparsity is not None and "sparsity" in ckpt:
             self.sparsity.load_state_dict(ckpt["sparsity"])
+        if self.target is not None and "sparsity_target" in ckpt:
+            self.target.load_state_dict(ckpt["sparsity_target"])
+            self.target.epochs = self.opt.epochs   # an extended run spreads the schedule over its new length
         self.start_epoch, self.start_batch = int(ckpt["epoch"]), int(ckpt["batch"])
         if self.start_epoch >= self.opt.epochs:
             raise SlimError(f"{self.opt.out}: this run already trained {self.start_epoch} epochs; pass --epochs N "
@@ -378,9 +386,10 @@ class Trainer:
     def end_epoch(self, epoch, losses, epoch_s, stop):
         """Rank 0: evaluate, log, plot gammas and save; every rank: wait for it."""
         opt = self.opt
+        s_used = self.sparsity.s_at(epoch) if self.sparsity else 0.0
+        note = self.adapt_sparsity(epoch) if self.sparsity is not None else None   # before the state is saved
         if self.ddp.master:
-            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                   "s": self.sparsity.s_at(epoch) if self.sparsity else 0.0,
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "s": s_used,
                    **dict(zip(("box", "obj", "cls", "loss", "kd"), losses.tolist())), "epoch_s": epoch_s}
             last = epoch + 1 == opt.epochs
             if last or (epoch + 1) % max(opt.eval_interval, 1) == 0:
@@ -391,6 +400,8 @@ class Trainer:
                 row.update(self.log_gammas(epoch))
             self.results.append(row)
             self.print_row(row)
+            if note:
+                print(note, flush=True)
             improved = "mAP50" in row and row["mAP50"] > self.best_fitness
             if improved:
                 self.best_fitness = row["mAP50"]
@@ -412,11 +423,33 @@ class Trainer:
         plot_gamma_history(self.gamma_history, os.path.join(self.opt.out, "gamma_history.png"))
         log_gamma_tensorboard(self.tb, net, layers, epoch + 1)
         stats = gamma_stats(net, layers)
-        return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"]}
+        goal = {"sparsity_goal": self.target.expected(epoch + 1)} if self.target is not None else {}
+        return {"gamma_below_1e-2": stats["frac_below_1e-2"], "gamma_median": stats["q50"], **goal}
+
+    def adapt_sparsity(self, epoch):
+        """Every rank: the share of prunable gammas below 1e-2 sets next epoch's s (same gammas
+        on every rank, so the same s); see yoloslim/train/sparsity_target.py for the rule."""
+        self.share = share = gamma_stats(self.deployed(), self.sparsity.layers).get("frac_below_1e-2", 0.0)
+        if self.target is None or epoch + 1 == self.opt.epochs:   # no next epoch to steer
+            return None
+        before = self.sparsity.s_at(epoch + 1)
+        self.sparsity.gain = self.target.update(share, epoch + 1)
+        after = self.sparsity.s_at(epoch + 1)
+        if after == before:
+            return None
+        return (f"sparsity: {share:.1%} of prunable |gamma| below 1e-2, goal {self.target.expected(epoch + 1):.1%}: "
+                f"s {before:.3g} -> {after:.3g}")
+
+    def sparsity_warning(self, share):
+        if self.target is not None:
+            return self.target.shortfall(share, self.opt.s, self.opt.epochs, constant_lr=self.opt.lrf >= 1)
+        return untrained_warning(share, self.opt.s)
 
     def print_row(self, row):
         shown = "  ".join(f"{k} {row[k]:.4g}" for k in ("loss", "P", "R", "mAP50", "mAP50_95",
-                                                        "gamma_below_1e-2") if k in row)
+                                                        "gamma_below_1e-2", "sparsity_goal") if k in row)
+        if self.sparsity is not None:
+            shown += f"  s {row['s']:.3g}"
         evaluated = f", eval {row['eval_s']:.1f} s" if "eval_s" in row else ""
         print(f"epoch {row['epoch']}/{self.opt.epochs}  {shown}  (train {row['epoch_s']:.1f} s{evaluated})", flush=True)
 
@@ -427,7 +460,7 @@ class Trainer:
     def run(self):
         opt = self.opt
         self.record_initial_gammas()
-        t_start = time.time()
+        t_start, share = time.time(), None
         with GracefulStop() as stop:
             for epoch in range(self.start_epoch, opt.epochs):
                 if self.sparsity is not None:
@@ -435,9 +468,16 @@ class Trainer:
                 t0 = time.time()
                 losses = self.train_epoch(epoch, stop)
                 self.end_epoch(epoch, losses, time.time() - t0, stop)
+                share = self.share
                 if self.ddp.any(stop.requested) and epoch + 1 < opt.epochs:
                     raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}; resume with --resume (train.py) or run the same command again (slim.py)")
-        return self.summary(time.time() - t_start)
+        result = self.summary(time.time() - t_start)
+        warning = self.sparsity_warning(share) if share is not None else None
+        if warning:
+            result["sparsity_warning"] = warning
+            if self.ddp.master:
+                print(warning, flush=True)
+        return result
 
     def summary(self, seconds):
         out = self.opt.out
