@@ -1,0 +1,108 @@
+"""What slim.py trains from, and why: the user's pair, the COCO yolov3-tiny, or a cfg from scratch.
+
+The choice is made from the files, never from a layer index: the class count of the weights'
+cfg against the data's decides whether the transfer stage runs, and the graph of the cfg
+(shortcut layers or not, utils/prune_graph.py) decides the pruning method and the sparsity mode.
+Every choice is kept with its reason, for the console and the report.
+"""
+import os
+from dataclasses import dataclass, field
+
+from utils.errors import WeightsError
+from utils.io import is_torch_file
+
+# pruning method -> train.py --prune mode that puts the L1 penalty on the BNs the method cuts
+SPARSITY_MODE = {"tiny": 2, "shortcut": 1, "normal": 0, "regular-pow2": 0, "regular-x8": 0, "l1": 0}
+
+
+@dataclass
+class StartingPoint:
+    cfg: str                    # the cfg trained (derived for the data, under the run folder)
+    weights: str = None         # what training starts from (None: from scratch)
+    weights_cfg: str = None     # the cfg a Darknet .weights was trained with (train.py --weights-cfg)
+    source_classes: int = None  # the weights' class count
+    transfer: bool = True       # False: the weights already know the data's classes
+    method: str = "tiny"
+    sparsity_mode: int = 2
+    choices: list = field(default_factory=list)   # "what: why" lines
+
+
+def weights_cfg_text(cfg, weights):
+    """(cfg path or None, parsed module_defs) describing the user's weights."""
+    from utils.parse_config import parse_cfg_text, parse_model_cfg
+    if cfg:
+        return cfg, parse_model_cfg(cfg)
+    if weights and is_torch_file(weights):
+        from models import load_checkpoint
+        ckpt = load_checkpoint(weights)
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("cfg"), str):
+            return None, parse_cfg_text(ckpt["cfg"], weights)
+        raise WeightsError(f"{weights}: has no cfg inside; pass the --cfg it was trained with")
+    raise WeightsError(f"{weights}: a Darknet .weights file needs the --cfg it was trained with")
+
+
+def choose_method(defs, override=None):
+    """(method, reason): shortcut pruning where the graph has shortcut layers, tiny otherwise."""
+    if override:
+        return override, "--method"
+    from utils.prune_graph import analyze
+    groups = analyze(defs[1:]).shortcut_groups()
+    if groups:
+        return "shortcut", f"the graph has {len(groups)} shortcut group(s): convs meeting there share one mask"
+    return "tiny", "the graph has no shortcut layers (routes, maxpools and upsamples only)"
+
+
+def write_base_cfg(defs, out):
+    """The user's cfg as text under the run folder (a .pt carries it inside): derive_for_data reads a path."""
+    from utils.parse_config import write_model_cfg
+    path = os.path.join(out, "your-model.cfg")
+    write_model_cfg(defs, path)
+    return path
+
+
+def choose_start(args, spec, out):
+    """The StartingPoint for slim.py's arguments and the DataSet ``spec`` (writes cfgs into ``out`` only)."""
+    from utils.derive import anchors_text, derive_for_data
+    from utils.parse_config import write_model_cfg
+    os.makedirs(out, exist_ok=True)
+    cfg_path, scratch = None, args.weights is None and (args.cfg or args.model == "narrow")
+    if args.weights:
+        cfg_path, defs = weights_cfg_text(args.cfg, args.weights)
+        base, origin = cfg_path or write_base_cfg(defs, out), f"your pair ({args.weights})"
+    elif args.cfg or args.model == "narrow":
+        base, origin = args.cfg or "cfg/yolov3-narrow.cfg", "from scratch"
+    else:
+        from scripts.fetch_tiny import fetch_tiny
+        coco = fetch_tiny()
+        base, origin = coco["cfg"], "the real COCO yolov3-tiny"
+        args.weights, cfg_path = coco["weights"], coco["cfg"]
+    from utils.cli_checks import cfg_classes, check_cfg
+    source_classes = cfg_classes(check_cfg(base))
+    same = args.weights is not None and source_classes == spec.nc
+    if scratch and not args.data:   # the demo's own cfg, as it always trained
+        derived = derive_for_data(base, spec, args.img_size, keep_anchors=True)
+        path, derived.kmeans = base, False
+    else:
+        derived = derive_for_data(base, spec, args.img_size, keep_anchors=same)
+        path = os.path.join(out, f"{os.path.splitext(os.path.basename(base))[0]}-{spec.nc}cls.cfg")
+        write_model_cfg(derived.defs, path)
+    method, why = choose_method(derived.defs, getattr(args, "method_choice", None))
+    start = StartingPoint(path, args.weights, None, source_classes, not same and args.weights is not None,
+                          method, SPARSITY_MODE[method])
+    if args.weights and not is_torch_file(args.weights):
+        start.weights_cfg = cfg_path or base
+    start.choices.append(f"starting point: {origin}" + (f", {source_classes} classes" if args.weights else ""))
+    if args.weights is None:
+        start.choices.append("transfer: none (no weights; trained from scratch)")
+    elif same:
+        start.choices.append(f"transfer: skipped, the weights were trained on {spec.nc} classes like the data; "
+                             f"straight to sparsity training")
+    else:
+        start.choices.append(f"transfer: classes {source_classes} -> {spec.nc} (backbone loaded, "
+                             f"[yolo]-feeding convs re-initialised)")
+    anchors = "kept from the base cfg (the heads were trained with them)" if not derived.kmeans \
+        else "k-means (1 - IoU) on the training boxes"
+    start.choices.append(f"cfg: {path} (classes={spec.nc}, input {args.img_size}, anchors "
+                         f"{anchors_text(derived.anchors)}: {anchors})")
+    start.choices.append(f"method: {method} ({why}); sparsity on the BNs it prunes (--prune {start.sparsity_mode})")
+    return start
