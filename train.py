@@ -158,7 +158,7 @@ def hyp_pairs(items):
         if "=" in item:
             yield (*item.split("=", 1), "--hyp")
         elif os.path.isfile(item):
-            with open(item, encoding="utf-8") as f:
+            with open(item, encoding="utf-8", errors="replace") as f:   # a binary file fails on its first line
                 for lineno, line in enumerate(f, 1):
                     line = line.split("#", 1)[0].strip()
                     if not line:
@@ -279,6 +279,9 @@ def prepare_run_folder(opt, ddp):
     if exists and not (opt.resume or opt.exist_ok):
         raise SlimError(f"{opt.out}: run folder exists and is not empty; pick another --out, "
                         f"or pass --resume to continue it or --exist-ok to write into it")
+    if exists:   # even with --exist-ok: never into a folder of the user's (a data set, say)
+        from utils.owned import check_claimable, has_any
+        check_claimable(opt.out, "--out", legacy=has_any("last.pt", "results.csv", "stage.json", "tb"))
     ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
 
 

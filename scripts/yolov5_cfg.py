@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.errors import cli_main  # noqa: E402
+from utils.errors import SlimError, cli_main  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
 # (from, repeats, module, args) of yolov5 v6.0 models/yolov5{n,s,m,l,x}.yaml, backbone then head
@@ -190,6 +190,8 @@ def main(argv=None):
     p.add_argument("--out", help="output .cfg (default: cfg/yolov5<model>.cfg)")
     args = p.parse_args(argv)
     path = args.out or os.path.join("cfg", f"yolov5{args.model}.cfg")
+    if not path.endswith(".cfg") or os.path.isdir(path):
+        raise SlimError(f"--out {path}: name a .cfg file; nothing else is ever written over")
     with atomic_write(path, "w") as f:
         f.write(yolov5_cfg_text(args.model, args.classes))
     print(f"wrote {path}")
