@@ -34,15 +34,30 @@ def derive_for_data(src_cfg, spec, img_size, keep_anchors=False):
     base = parse_model_cfg(src_cfg)
     k = anchor_count(base, src_cfg)
     if keep_anchors:
-        flat = next(m["anchors"] for m in base[1:] if m["type"] == "yolo")
-        anchors = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        return DerivedCfg(cfg_for_data(src_cfg, spec.nc, None, img_size), spec.nc, anchors, False, img_size)
+        defs, anchors = scaled_anchors(src_cfg, base, spec.nc, img_size)
+        return DerivedCfg(defs, spec.nc, anchors, False, img_size)
     sizes = box_sizes(spec.train, img_size)
     if len(sizes) < k:
         raise DataError(f"{spec.source}: {len(sizes)} labelled boxes in the train split, too few for the "
                         f"{k} anchors of {src_cfg}; label more images")
     anchors = [tuple(float(v) for v in wh) for wh in kmeans_anchors(sizes, k)]
     return DerivedCfg(cfg_for_data(src_cfg, spec.nc, anchors, img_size), spec.nc, anchors, True, img_size)
+
+
+def scaled_anchors(src_cfg, base, nc, img_size):
+    """(defs, anchors) with the base cfg's anchors scaled from its [net] width to ``img_size``.
+
+    Darknet divides an anchor by the network width, so trained heads predict the same boxes at
+    another input size only when the anchors scale with it (kept to 2 decimals, not rounded to
+    whole pixels: at 64 px a 10 px anchor becomes 1.54, and 2 would be 30% off)."""
+    scale = img_size / float(base[0].get("width", 416))
+    flat = next(m["anchors"] for m in base[1:] if m["type"] == "yolo")
+    anchors = [(round(flat[i] * scale, 2), round(flat[i + 1] * scale, 2)) for i in range(0, len(flat), 2)]
+    defs = cfg_for_data(src_cfg, nc, None, img_size)
+    for m in defs[1:]:
+        if m["type"] == "yolo":
+            m["anchors"] = [v if v != int(v) else int(v) for wh in anchors for v in wh]
+    return defs, anchors
 
 
 def anchors_text(anchors):

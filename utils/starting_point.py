@@ -60,37 +60,49 @@ def write_base_cfg(defs, out):
     return path
 
 
-def choose_start(args, spec, out):
-    """The StartingPoint for slim.py's arguments and the DataSet ``spec`` (writes cfgs into ``out`` only)."""
-    from utils.derive import anchors_text, derive_for_data
-    from utils.parse_config import write_model_cfg
-    os.makedirs(out, exist_ok=True)
-    cfg_path, scratch = None, args.weights is None and (args.cfg or args.model == "narrow")
+def base_model(args, out):
+    """(base cfg, origin text, cfg the .weights were trained with): what the data's cfg is derived from."""
     if args.weights:
         cfg_path, defs = weights_cfg_text(args.cfg, args.weights)
-        base, origin = cfg_path or write_base_cfg(defs, out), f"your pair ({args.weights})"
-    elif args.cfg or args.model == "narrow":
-        base, origin = args.cfg or "cfg/yolov3-narrow.cfg", "from scratch"
-    else:
-        from scripts.fetch_tiny import fetch_tiny
-        coco = fetch_tiny()
-        base, origin = coco["cfg"], "the real COCO yolov3-tiny"
-        args.weights, cfg_path = coco["weights"], coco["cfg"]
+        return cfg_path or write_base_cfg(defs, out), f"your pair ({args.weights})", cfg_path
+    if args.cfg or args.model == "narrow":
+        return args.cfg or "cfg/yolov3-narrow.cfg", "from scratch", None
+    from scripts.fetch_tiny import fetch_tiny
+    coco = fetch_tiny()
+    args.weights = coco["weights"]
+    return coco["cfg"], "the real COCO yolov3-tiny", coco["cfg"]
+
+
+def derive_cfg_for(args, spec, out, base, same):
+    """(cfg path, DerivedCfg, why the anchors): the demo's own cfg as is, else one derived for the data."""
+    from utils.cli_checks import check_cfg
+    from utils.derive import derive_for_data
+    from utils.parse_config import write_model_cfg
+    if not args.data and not args.weights and (args.cfg or args.model == "narrow"):
+        width = check_cfg(base)[0].get("width", 416)    # the built-in demo trains its cfg as it always did
+        return base, derive_for_data(base, spec, width, keep_anchors=True), "the cfg's own"
+    derived = derive_for_data(base, spec, args.img_size, keep_anchors=same)
+    path = os.path.join(out, f"{os.path.splitext(os.path.basename(base))[0]}-{spec.nc}cls.cfg")
+    write_model_cfg(derived.defs, path)
+    why = ("the base cfg's, scaled to the input size (the heads were trained with them)" if same
+           else "k-means (1 - IoU) on the training boxes")
+    return path, derived, why
+
+
+def choose_start(args, spec, out):
+    """The StartingPoint for slim.py's arguments and the DataSet ``spec`` (writes cfgs into ``out`` only)."""
     from utils.cli_checks import cfg_classes, check_cfg
+    from utils.derive import anchors_text
+    os.makedirs(out, exist_ok=True)
+    base, origin, trained_cfg = base_model(args, out)
     source_classes = cfg_classes(check_cfg(base))
     same = args.weights is not None and source_classes == spec.nc
-    if scratch and not args.data:   # the demo's own cfg, as it always trained
-        derived = derive_for_data(base, spec, args.img_size, keep_anchors=True)
-        path, derived.kmeans = base, False
-    else:
-        derived = derive_for_data(base, spec, args.img_size, keep_anchors=same)
-        path = os.path.join(out, f"{os.path.splitext(os.path.basename(base))[0]}-{spec.nc}cls.cfg")
-        write_model_cfg(derived.defs, path)
+    path, derived, anchors_why = derive_cfg_for(args, spec, out, base, same)
     method, why = choose_method(derived.defs, getattr(args, "method_choice", None))
     start = StartingPoint(path, args.weights, None, source_classes, not same and args.weights is not None,
                           method, SPARSITY_MODE[method])
     if args.weights and not is_torch_file(args.weights):
-        start.weights_cfg = cfg_path or base
+        start.weights_cfg = trained_cfg or base
     start.choices.append(f"starting point: {origin}" + (f", {source_classes} classes" if args.weights else ""))
     if args.weights is None:
         start.choices.append("transfer: none (no weights; trained from scratch)")
@@ -100,9 +112,7 @@ def choose_start(args, spec, out):
     else:
         start.choices.append(f"transfer: classes {source_classes} -> {spec.nc} (backbone loaded, "
                              f"[yolo]-feeding convs re-initialised)")
-    anchors = "kept from the base cfg (the heads were trained with them)" if not derived.kmeans \
-        else "k-means (1 - IoU) on the training boxes"
     start.choices.append(f"cfg: {path} (classes={spec.nc}, input {args.img_size}, anchors "
-                         f"{anchors_text(derived.anchors)}: {anchors})")
+                         f"{anchors_text(derived.anchors)}: {anchors_why})")
     start.choices.append(f"method: {method} ({why}); sparsity on the BNs it prunes (--prune {start.sparsity_mode})")
     return start
