@@ -23,7 +23,7 @@ from utils.datasets import LoadImages, check_image_file, letterbox, make_divisib
 from utils.errors import SlimError, WeightsError, cli_main
 from utils import cli_checks as checks
 from utils.io import atomic_write, is_torch_file, refuse_overwrite
-from utils.owned import check_claimable, claim, has_any
+from utils.owned import check_claimable, has_any
 from utils.metrics import non_max_suppression, scale_coords
 
 
@@ -163,7 +163,7 @@ def validate_inputs(args, img_size):
     for f in images.files:   # an unreadable image found half-way would leave half the outputs written
         check_image_file(f, args.source)
     check_out_folder(args.out, images.files)
-    check_claimable(args.out, "--out", legacy=has_any("detections.txt"))
+    check_claimable(args.out, "--out", legacy=has_any("detections.txt"))   # ours: an earlier detect.py's
     return names, images
 
 
@@ -174,7 +174,6 @@ def run(args):
     if names and isinstance(detector, torch.nn.Module) and len(names) != detector.nc:
         raise SlimError(f"{args.names}: {len(names)} names but the model has {detector.nc} classes; pass its .names")
     from tqdm import tqdm
-    claim(args.out, "--out", "detect.py", legacy=has_any("detections.txt"))
     lines, total, non_finite = [], 0, []
     for path, (stem, ext) in tqdm(list(zip(images.files, output_names(images.files))), desc="detect", unit="img"):
         img = read_image(path)
