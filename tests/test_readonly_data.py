@@ -134,3 +134,21 @@ def test_the_users_data_is_never_written(tool, ws, tmp_path):
         outs = [r for r in results if any(a in r["argv"] for a in (ws["data"], ws["yaml"], ws["image"]))
                 and r["argv"][r["argv"].index("--out") + 1] in (ws["data"], ws["yaml"], ws["image"], ws["folder"])]
         assert outs and all(r["code"] == 2 for r in outs)
+
+
+def test_generator_refuses_a_users_folder_and_reuses_its_own(tmp_path):
+    """The issue's data loss: generate() wrote over images/train/000000.jpg of a user's set."""
+    from utils.errors import SlimError
+    from utils.owned import MARKER
+    from utils.synthetic import generate
+    users = write_yolo_folder(str(tmp_path / "set"))
+    before = tree_digest(users)
+    with pytest.raises(SlimError, match="did not write"):
+        generate(users, n_train=1, n_val=1, img_size=160, workers=1, progress=False)
+    assert tree_digest(users) == before
+    ours = str(tmp_path / "ours")
+    assert generate(ours, n_train=1, n_val=1, img_size=160, workers=1, progress=False) is True
+    assert os.path.isfile(os.path.join(ours, MARKER))
+    assert generate(ours, n_train=2, n_val=1, img_size=160, workers=1, progress=False) is True   # ours: rebuilt
+    os.remove(os.path.join(ours, MARKER))          # as an earlier version left it: meta.json names the generator
+    assert generate(ours, n_train=2, n_val=1, img_size=160, workers=1, progress=False) is False

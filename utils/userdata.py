@@ -235,7 +235,7 @@ def parse_simple_yaml(path):
             lines = f.read().splitlines()
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file; pass a dataset YAML") from None
-    doc, key, block, skip_indent = {}, None, None, None
+    doc, key, block, skip_indent, block_indent = {}, None, None, None, None
     for lineno, raw in enumerate(lines, 1):
         text = strip_comment(raw).rstrip()
         if not text.strip() or text.strip() == "---":
@@ -249,7 +249,7 @@ def parse_simple_yaml(path):
         body = text.strip()
         if indent == 0:
             key, value = split_key(body, path, lineno)
-            block = None
+            block = block_indent = None
             if value in ("|", ">", "|-", ">-", "|+", ">+"):
                 skip_indent, doc[key] = 0, None
             elif value == "":
@@ -257,8 +257,9 @@ def parse_simple_yaml(path):
             else:
                 doc[key] = parse_scalar_or_flow(value, path, lineno)
             continue
-        if key is None or doc.get(key) is not None and block is None:
-            raise DataError(f"{path}:{lineno}: unexpected indentation; expected 'key: value' at the start of the line")
+        if key is None or doc.get(key) is not None and block is None or indent != (block_indent or indent):
+            raise DataError(f"{path}:{lineno}: unexpected indentation; one level under a top-level key is read")
+        block_indent = indent
         if body.startswith("- ") or body == "-":
             if block not in (None, "list"):
                 raise DataError(f"{path}:{lineno}: a list item inside a mapping; use one form for {key}:")
