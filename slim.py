@@ -166,7 +166,6 @@ def main(argv=None):
     args = parse_args(argv)
     if os.path.realpath(args.out) == os.path.realpath("."):
         raise SlimError(f"--out {args.out}: choose a run folder, not the repository root")
-    spec = MODELS[args.model]
     common = dict(img_size=args.img_size, batch_size=args.batch_size)
     optim = ["--adam", "--lr0", args.lr0, "--eval-interval", 100]
     if args.threads:
@@ -177,12 +176,13 @@ def main(argv=None):
     cfg, weights = start.cfg, start.weights
     # the cfg a Darknet .weights of the user's was trained with: only the stage loading it reads it
     source_cfg = ["--weights-cfg", start.weights_cfg] if start.weights_cfg else []
+    skip_transfer = bool(weights) and not start.transfer
 
     # --sparse-epochs 0: the L1 penalty rides along the transfer fine-tune (cosine LR), so the
     # model that is pruned is the one that was trained, with no separate stage to pay for
     during = args.sparse_epochs == 0
     sparsity = ["-sr", "--s", args.s, "--prune", start.sparsity_mode, "--sr-schedule", "constant"]
-    if weights and not start.transfer:
+    if skip_transfer:
         stage(f"2/6 transfer: skipped (the weights know the data's {dataset.nc} classes)")
         base = {"last": weights}
     else:
@@ -191,7 +191,7 @@ def main(argv=None):
         base = run_training(os.path.join(args.out, "train"), cfg, data, args.epochs, weights=weights,
                             extra=optim + source_cfg + (sparsity + ["--lrf", 0.05] if during else []), **common)
 
-    if weights and not start.transfer:
+    if skip_transfer:
         # the user's trained model: the sparsity stage is its only training, with the fine-tune's
         # recipe (penalty under a cosine LR) unless a separate constant-LR stage was asked for
         stage(f"3/6 sparsity training from your weights (L1 on BN gamma, --prune {start.sparsity_mode})")
@@ -228,7 +228,7 @@ def main(argv=None):
     final_cfg, final_weights = save_pruned(final, os.path.join(args.out, "final"), f"{method.name}-finetuned")
     diffs = deploy_checks(final, final_cfg, final_weights, args.img_size)
     base_name = "base (fine-tuned" if weights else "base (trained"
-    if weights and not start.transfer:
+    if skip_transfer:
         base_model = load_model(cfg, weights, args.img_size).eval()
         rows = {"base (your weights)": measure(base_model, data, args.img_size, runs=0),
                 "sparsity-trained": measure(model, data, args.img_size, original_cfg, original_weights,
@@ -274,7 +274,7 @@ def data_section(args, dataset, start):
         stages = f"transfer skipped, sparsity {args.epochs if args.sparse_epochs == 0 else args.sparse_epochs}"
     else:
         stages = (f"{'fine-tune' if start.weights else 'training'} {args.epochs}"
-                  + (f" (sparsity during it)" if args.sparse_epochs == 0 else f", sparsity {args.sparse_epochs}"))
+                  + (" (sparsity during it)" if args.sparse_epochs == 0 else f", sparsity {args.sparse_epochs}"))
     lines = describe(dataset) + [f"input size: {args.img_size} px",
                                  f"epochs: {stages}, pruned fine-tune {args.finetune_epochs}"]
     return ("## Data\n\n" + "".join(f"- {line}\n" for line in lines)

@@ -6,7 +6,6 @@ the data's classes), and after every run the user's files are byte-identical.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from utils.datasets import IMG_EXTS, label_path_for, parse_label_file, read_image_list
+from utils.datasets import label_path_for, parse_label_file, read_image_list
 from utils.errors import DataError
 from utils.io import atomic_write
 from utils.parse_config import load_classes, parse_data_cfg
