@@ -30,7 +30,7 @@ import time
 
 from utils import cli_checks as checks
 from utils.errors import SlimError, cli_main
-from utils.io import atomic_write
+from utils.io import atomic_write, is_torch_file
 from utils.starting_point import SPARSITY_MODE
 from utils.userdata import data_source
 from utils.pipeline import (Method, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
@@ -88,6 +88,8 @@ def parse_args(argv=None):
         p.error("--data-dir is where the synthetic set is generated; with --data nothing is generated")
     if args.weights and args.model == "narrow":
         p.error("--model narrow trains from scratch; leave out --weights, or --model")
+    if args.weights and not args.cfg and not is_torch_file(args.weights):
+        p.error(f"--weights {args.weights}: a Darknet .weights file needs the --cfg it was trained with")
     if args.cfg:
         checks.check_cfg(args.cfg)
     check_outputs(args)

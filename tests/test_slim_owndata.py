@@ -127,3 +127,9 @@ def test_data_is_not_taken_for_data_dir_and_the_two_do_not_mix(users, tmp_path):
     out = slim("--data", users["folder"], "--out", os.path.join(users["folder"], "run"), expect=2)
     assert "inside the data set's folder" in out
     assert not os.path.exists(tmp_path / "r") and not os.path.exists(os.path.join(users["folder"], "run"))
+
+
+def test_darknet_weights_without_their_cfg_are_refused_before_anything_is_written(users, tmp_path):
+    _, weights = random_model(2, os.path.join(users["model"], "lone"), version=(0, 2, 5))
+    out = slim("--data", users["data"], "--weights", weights, "--out", str(tmp_path / "r"), expect=2)
+    assert "needs the --cfg it was trained with" in out and not os.path.exists(tmp_path / "r")

@@ -91,3 +91,13 @@ def test_derive_cfg_command(mine, tmp_path):
     again = run_derive("--cfg", "cfg/yolov3-tiny.cfg", "--data", mine["folder"], "--out", out)
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "never replaces" in again.stderr
     assert tree_digest(mine["root"]) == before
+
+
+@pytest.mark.parametrize("cfg, method", [("yolov3-narrow", "shortcut"), ("yolov3", "shortcut"),
+                                         ("yolov3-tiny", "tiny"), ("yolov4-tiny", "tiny")])
+def test_method_follows_the_graph_unless_overridden(cfg, method):
+    from utils.starting_point import SPARSITY_MODE, choose_method
+    defs = parse_model_cfg(os.path.join(ROOT, "cfg", f"{cfg}.cfg"))
+    chosen, why = choose_method(defs)
+    assert chosen == method and ("shortcut group" in why) == (method == "shortcut")
+    assert choose_method(defs, "regular-x8") == ("regular-x8", "--method") and SPARSITY_MODE["regular-x8"] == 0

@@ -2,7 +2,8 @@
 
 * a Darknet ``.data`` file (``classes``, ``train``, ``valid``, ``names``);
 * a dataset YAML as the ultralytics tools write it (``path``, ``train``, ``val``, ``names`` as a
-  list or a ``{id: name}`` mapping; ``train``/``val`` are folders, list files or lists of them);
+  list or a ``{id: name}`` mapping; ``train``/``val`` are folders, list files or lists of them,
+  under ``path``, which is taken relative to the YAML's folder, else the current one);
 * a folder in YOLO layout: ``images/{train,val}`` and ``labels/{train,val}``, class names in a
   ``*.names`` or ``classes.txt`` file beside them (else counted from the labels, with a warning).
 
