@@ -2,6 +2,7 @@
 
 Images are 64-96 px with one or two filled boxes of two classes; enough for a 1-epoch stage.
 """
+import hashlib
 import os
 
 import cv2
@@ -55,3 +56,17 @@ def write_dataset_yaml(root, folder_name):
         f.write(f"# my set\npath: {folder_name}  # root\ntrain: images/train\nval: images/val\ntest:\n\n"
                 "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(NAMES)))
     return path
+
+
+def tree_digest(root):
+    """Every name, mode and byte under ``root``."""
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(folder, name)
+            h.update(f"{os.path.relpath(path, root)}:{os.lstat(path).st_mode}\n".encode())
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()

@@ -7,7 +7,6 @@ never raise a traceback, and afterwards every byte and every name under the data
 must be as before (hashed). slim.py's --data is run end to end, with the same hash check, in
 tests/test_slim_owndata.py.
 """
-import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from owndata_sets import write_darknet_data, write_dataset_yaml, write_yolo_folder
+from owndata_sets import tree_digest, write_darknet_data, write_dataset_yaml, write_yolo_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -52,20 +51,6 @@ TOOLS = {
                  "--img-size": "160", "--latency-runs": "0", "--threads": "1", "--percent": "0.999"},
                 ["--cfg", "--weights", "--out", "--data-dir"]),
 }
-
-
-def tree_digest(root):
-    """Every name, mode and byte under ``root``."""
-    h = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(folder, name)
-            h.update(f"{os.path.relpath(path, root)}:{os.lstat(path).st_mode}\n".encode())
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

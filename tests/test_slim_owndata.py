@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from owndata_sets import NAMES, write_darknet_data, write_dataset_yaml, write_yolo_folder
-from test_readonly_data import tree_digest
+from owndata_sets import NAMES, tree_digest, write_darknet_data, write_dataset_yaml, write_yolo_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from owndata_sets import NAMES, write_darknet_data, write_dataset_yaml, write_yolo_folder
-from test_readonly_data import tree_digest
+from owndata_sets import NAMES, tree_digest, write_darknet_data, write_dataset_yaml, write_yolo_folder
 from utils.errors import DataError
 from utils.parse_config import parse_model_cfg
 from utils.userdata import load_dataset, parse_simple_yaml, write_darknet_data as write_lists
