@@ -43,11 +43,24 @@ def build_model(cfg, weights, cutoff=None, input_reader=None):
     return load_any(cfg, weights, cutoff=cutoff, reader=input_reader)
 
 
+def refuse_foreign_file(out):
+    """An existing --out is replaced only when it is weights or a checkpoint: a user's .data, image or
+    list file given by mistake must never become a .weights file."""
+    from yoloslim.darknet.weights import read_weights_file
+    if not os.path.isfile(out) or is_torch_file(out):
+        return
+    try:
+        read_weights_file(out)
+    except SlimError:
+        raise SlimError(f"--out {out}: exists and is not a weights file or checkpoint; choose a new name") from None
+
+
 def convert(cfg, weights, out, cutoff=None, reader=DEFAULT_READER, input_reader=None):
     """Read ``weights`` (with ``cfg``) and write ``out`` in the format its extension names."""
     if not os.path.isfile(weights):
         raise SlimError(f"{weights}: input weights file not found; check --weights")
     refuse_overwrite(out, weights, cfg)
+    refuse_foreign_file(out)
     if cutoff is not None and cutoff <= 0:
         raise SlimError(f"--cutoff {cutoff}: must be a positive layer count")
     model = build_model(cfg, weights, cutoff, input_reader)

@@ -26,6 +26,7 @@ from yoloslim.data.datasets import LoadImages, check_image_file, letterbox, make
 from yoloslim.errors import SlimError, WeightsError, cli_main
 from yoloslim.cli import checks
 from yoloslim.io import atomic_write, is_torch_file, refuse_overwrite
+from yoloslim.owned import check_claimable, has_any
 from yoloslim.eval.metrics import non_max_suppression, scale_coords
 
 
@@ -159,6 +160,7 @@ def validate_inputs(args, img_size):
     for f in images.files:   # an unreadable image found half-way would leave half the outputs written
         check_image_file(f, args.source)
     check_out_folder(args.out, images.files)
+    check_claimable(args.out, "--out", legacy=has_any("detections.txt"))   # ours: an earlier detect.py's
     return names, images
 
 

@@ -2,6 +2,14 @@
 
     python slim.py                      # everything into runs/slim/, about 9 minutes on 2 idle CPU cores
     python slim.py --model narrow       # from scratch: the narrow residual yolov3, shortcut pruning
+    python slim.py --data my.data       # your data (.data, dataset YAML or YOLO folder), COCO tiny transferred
+    python slim.py --data my.yaml --cfg my.cfg --weights my.weights   # your data and your Darknet model
+
+With --data, the data set is read in place and never written to (its lists and names for the
+trainer go into the run folder); the cfg is derived for it (class count, head filters, k-means
+anchors at --img-size); weights trained on its class count skip the transfer and go straight to
+sparsity training; the pruning method follows the graph (shortcut layers: shortcut, else tiny)
+unless --method says otherwise.
 
 Default (``--model tiny``): fetches the real COCO yolov3-tiny once (cached under weights/),
 derives a cfg for the built-in synthetic data set (its class count, anchors from k-means on
@@ -28,8 +36,10 @@ from yoloslim.cli.auto_percent import AUTO, auto_or, search_checkpoint
 from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from yoloslim.darknet.load import load_model
 from yoloslim.errors import SlimError, cli_main
-from yoloslim.io import atomic_write
-from yoloslim.pipeline.stages import (Method, derive_cfg, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
+from yoloslim.io import atomic_write, is_torch_file
+from yoloslim.pipeline.starting_point import METHODS
+from yoloslim.data.userdata import data_source
+from yoloslim.pipeline.stages import (Method, ensure_data, machine_line, markdown_table, measure, prune_checkpoint,
                             run_training, save_pruned)
 from yoloslim.prune.ratio_search import DEFAULT_MAX_DROP
 from yoloslim.train.config import TrainConfig
@@ -53,11 +63,19 @@ def parse_args(argv=None):
     p = checks.Parser(prog="slim.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="tiny",
                    help="tiny: fine-tune the real COCO yolov3-tiny (default); narrow: narrow yolov3 from scratch")
+    p.add_argument("--data", type=data_source,
+                   help="your data set: a Darknet .data file, a dataset YAML (path/train/val/names) or a folder with "
+                        "images/{train,val} and labels/{train,val}; read only (default: the built-in synthetic set)")
     p.add_argument("--cfg", type=checks.input_file,
-                   help="with --model narrow: the cfg trained from scratch (default cfg/yolov3-narrow.cfg)")
+                   help="your model's cfg: with --weights your Darknet pair, alone trained from scratch "
+                        "(default: the COCO yolov3-tiny, or cfg/yolov3-narrow.cfg with --model narrow)")
+    p.add_argument("--weights", type=checks.input_file,
+                   help="your weights: pjreddie or AlexeyAB Darknet .weights (with --cfg) or a .pt of ours")
+    p.add_argument("--method", dest="method_choice", choices=sorted(METHODS),
+                   help="pruning method (default: shortcut if the graph has shortcut layers, else tiny)")
     p.add_argument("--out", default="runs/slim", type=checks.output_dir, help="run folder (stages found there are reused)")
-    p.add_argument("--data-dir", default="data/shapes-slim", type=checks.output_dir,
-                   help="where the synthetic set is generated")
+    p.add_argument("--data-dir", default=None, type=checks.output_dir,
+                   help="where the synthetic set is generated without --data (default data/shapes-slim)")
     p.add_argument("--n-train", type=checks.positive_int, default=800)
     p.add_argument("--n-val", type=checks.positive_int, default=200)
     p.add_argument("--img-size", type=checks.img_size, default=160)
@@ -81,33 +99,58 @@ def parse_args(argv=None):
     p.add_argument("--latency-runs", type=checks.timed_runs, default=20)
     p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help="the deployed pair: " + READER_HELP)
     args = p.parse_args(argv)
-    if args.cfg and args.model != "narrow":
-        p.error("--cfg applies to --model narrow; --model tiny derives its cfg from the COCO yolov3-tiny")
+    if args.data and args.data_dir:
+        p.error("--data-dir is where the synthetic set is generated; with --data nothing is generated")
+    if args.weights and args.model == "narrow":
+        p.error("--model narrow trains from scratch; leave out --weights, or --model")
+    if args.weights and not args.cfg and not is_torch_file(args.weights):
+        p.error(f"--weights {args.weights}: a Darknet .weights file needs the --cfg it was trained with")
     if args.cfg:
         checks.check_cfg(args.cfg)
+    check_outputs(args)
     for key, value in MODELS[args.model].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
 
 
+def check_outputs(args):
+    """Refuse, before anything is written, a run or data folder that is not ours (the user's data, say)."""
+    from yoloslim.owned import check_claimable, has_any, inside
+    from yoloslim.data.synthetic import earlier_set
+    check_claimable(args.out, "--out", legacy=has_any("report.md", "*/stage.json"))
+    if args.data is None:
+        args.data_dir = args.data_dir or "data/shapes-slim"
+        check_claimable(args.data_dir, "--data-dir", legacy=earlier_set)
+    elif inside(args.out, args.data if os.path.isdir(args.data) else os.path.dirname(os.path.abspath(args.data))):
+        raise SlimError(f"--out {args.out}: lies inside the data set's folder; the run folder goes elsewhere, "
+                        f"so nothing is written among your data")
+
+
 def stage(title):
     print(f"\n=== {title} ===", flush=True)
 
 
-def starting_point(args, data):
-    """(cfg, weights) to train from: the COCO tiny adapted to the data set, or the narrow cfg."""
-    if args.model == "narrow":
-        return args.cfg or "cfg/yolov3-narrow.cfg", None
-    from yoloslim.zoo.coco_tiny import fetch_tiny
-    from yoloslim.darknet.cfg import parse_data_cfg
-    coco = fetch_tiny()
-    options = parse_data_cfg(data)
-    cfg, anchors = derive_cfg(coco["cfg"], data, args.img_size,
-                              os.path.join(args.out, f"yolov3-tiny-{options['classes']}cls.cfg"))
-    print(f"{cfg}: COCO yolov3-tiny with classes={options['classes']}, anchors "
-          f"{', '.join(f'{w:.0f}x{h:.0f}' for w, h in anchors)} (k-means on the training boxes)")
-    return cfg, coco["weights"]
+def data_and_start(args):
+    """(DataSet, .data path for train.py, StartingPoint): the user's data read in place (its lists
+    written under the run folder) or the synthetic set, and what to train from."""
+    from yoloslim.owned import claim, has_any
+    from yoloslim.pipeline.starting_point import choose_start
+    from yoloslim.data.userdata import describe, load_dataset, write_darknet_data
+    claim(args.out, "--out", "slim.py", legacy=has_any("report.md", "*/stage.json"))
+    if args.data:
+        spec = load_dataset(args.data)
+        data = write_darknet_data(spec, os.path.join(args.out, "data"))
+    else:
+        data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
+        spec = load_dataset(data)
+        spec.form = "built-in synthetic set"
+    for line in describe(spec):
+        print(line)
+    start = choose_start(args, spec, args.out)
+    for line in start.choices:
+        print(line)
+    return spec, data, start
 
 
 def deploy_checks(model, cfg, weights, img_size, reader=DEFAULT_READER):
@@ -147,43 +190,58 @@ def main(argv=None):
     args = parse_args(argv)
     if os.path.realpath(args.out) == os.path.realpath("."):
         raise SlimError(f"--out {args.out}: choose a run folder, not the repository root")
-    os.makedirs(args.out, exist_ok=True)
-    spec = MODELS[args.model]
     common = dict(img_size=args.img_size, batch_size=args.batch_size, optimizer="adam", eval_interval=100,
                   threads=args.threads)
 
-    stage("1/6 synthetic data set and starting point")
-    data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
-    cfg, weights = starting_point(args, data)
+    stage("1/6 " + ("your data set" if args.data else "synthetic data set") + " and starting point")
+    dataset, data, start = data_and_start(args)
+    cfg, weights = start.cfg, start.weights
+    # the cfg a Darknet .weights of the user's was trained with: only the stage loading it reads it
+    source_cfg = dict(weights_cfg=start.weights_cfg) if start.weights_cfg else {}
+    skip_transfer = bool(weights) and not start.transfer
 
     # --sparse-epochs 0: the L1 penalty rides along the transfer fine-tune (cosine LR), so the
     # model that is pruned is the one that was trained, with no separate stage to pay for
     during = args.sparse_epochs == 0
-    sparsity = dict(sr=True, s=args.s, prune=spec["policy"], sr_schedule="constant")
-    # one LR rule: the pruned model is fine-tuned from the LR the pruned model's training ended at
-    # (lr0 x lrf: cosine to 0.05 when the sparsity rides the fine-tune, constant in a separate stage)
+    sparsity = dict(sr=True, s=args.s, prune=start.method, sr_schedule="constant")
+    # one LR rule: the pruned model is fine-tuned from the LR its training ended at (lr0 x lrf:
+    # cosine to 0.05 when the sparsity rides a fine-tune, constant in a separate stage)
     final_lrf = 0.05 if during else 1.0
-    stage("2/6 " + ("fine-tune the COCO weights" if weights else "train from scratch")
-          + (" with L1 sparsity on BN gamma" if during else ""))
-    base = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs, lr0=args.lr0,
-                                    out=os.path.join(args.out, "train"),
-                                    **common, **(dict(sparsity, lrf=final_lrf) if during else {})))
+    if skip_transfer:
+        stage(f"2/6 transfer: skipped (the weights know the data's {dataset.nc} classes)")
+        base = {"last": weights}
+    else:
+        stage("2/6 " + ("fine-tune the pretrained weights" if weights else "train from scratch")
+              + (" with L1 sparsity on BN gamma" if during else ""))
+        base = run_training(TrainConfig(data, cfg=cfg, weights=weights, epochs=args.epochs, lr0=args.lr0,
+                                        out=os.path.join(args.out, "train"), **common, **source_cfg,
+                                        **(dict(sparsity, lrf=final_lrf) if during else {})))
 
-    if during:
+    if skip_transfer:
+        # the user's trained model: the sparsity stage is its only training, with the fine-tune's
+        # recipe (penalty under a cosine LR) unless a separate constant-LR stage was asked for
+        stage(f"3/6 sparsity training from your weights (L1 on BN gamma, the {start.method} policy's BNs)")
+        sparse_dir = os.path.join(args.out, "sparse")
+        recipe = dict(lrf=final_lrf) if during else dict(lrf=final_lrf, warmup_epochs=0)
+        sparse = run_training(TrainConfig(data, cfg=cfg, weights=weights, out=sparse_dir, lr0=args.lr0,
+                                          epochs=args.epochs if during else args.sparse_epochs,
+                                          **common, **source_cfg, **sparsity, **recipe))
+        during = False
+    elif during:
         stage("3/6 sparsity training: done in stage 2 (--sparse-epochs 0)")
         sparse, sparse_dir = base, os.path.join(args.out, "train")
     else:
-        stage(f"3/6 sparsity training (L1 on BN gamma, the gammas the {spec['policy']} policy prunes)")
+        stage(f"3/6 sparsity training (L1 on BN gamma, the {start.method} policy's BNs)")
         sparse_dir = os.path.join(args.out, "sparse")
         sparse = run_training(TrainConfig(data, weights=base["last"], epochs=args.sparse_epochs, out=sparse_dir,
                                           lr0=args.lr0, lrf=final_lrf, warmup_epochs=0, **common, **sparsity))
 
-    stage(f"4/6 prune ({spec['method']}, percent {args.percent})")
+    stage(f"4/6 prune ({start.method}, percent {args.percent})")
     args.search = None
     if args.percent == AUTO:
-        args.search = search_checkpoint(sparse["last"], spec["policy"], data, args.img_size, args.max_drop,
+        args.search = search_checkpoint(sparse["last"], start.method, data, args.img_size, args.max_drop,
                                         args.layer_keep, os.path.join(args.out, "ratio_search.png"))
-    method = Method(spec["method"], spec["policy"], args.search.ratio if args.search else args.percent,
+    method = Method(start.method, start.method, args.search.ratio if args.search else args.percent,
                     layer_keep=args.layer_keep)
     model, compact, plans = prune_checkpoint(sparse["last"], method)
     pruned_cfg, pruned_weights = save_pruned(compact, os.path.join(args.out, "pruned"), method.name)
@@ -202,7 +260,12 @@ def main(argv=None):
                                            args.reader)
     diffs = deploy_checks(final, final_cfg, final_weights, args.img_size, args.reader)
     base_name = "base (fine-tuned" if weights else "base (trained"
-    if during:
+    if skip_transfer:
+        base_model = load_model(cfg, weights, args.img_size).eval()
+        rows = {"base (your weights)": measure(base_model, data, args.img_size, runs=0),
+                "sparsity-trained": measure(model, data, args.img_size, original_cfg, original_weights,
+                                            args.latency_runs)}
+    elif during:
         rows = {base_name + " with sparsity)": measure(model, data, args.img_size, original_cfg, original_weights,
                                                        args.latency_runs)}
     else:
@@ -214,7 +277,8 @@ def main(argv=None):
         "pruned": measure(compact, data, args.img_size, pruned_cfg, pruned_weights, args.latency_runs),
         "pruned + fine-tuned": measure(final, data, args.img_size, final_cfg, final_weights, args.latency_runs),
     })
-    print(write_report(args, rows, diffs, final_cfg, final_weights, time.time() - t_start))
+    print(write_report(args, rows, diffs, final_cfg, final_weights, time.time() - t_start,
+                       data_section(args, dataset, start)))
 
 
 def target_rows(rows, minutes):
@@ -235,7 +299,21 @@ def unpruned(rows):
     return rows.get("sparsity-trained") or next(r for k, r in rows.items() if k.startswith("base"))
 
 
-def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
+def data_section(args, dataset, start):
+    """The report's account of the data and of what was chosen for it, and why."""
+    from yoloslim.data.userdata import describe
+    if args.weights and not start.transfer:
+        stages = f"transfer skipped, sparsity {args.epochs if args.sparse_epochs == 0 else args.sparse_epochs}"
+    else:
+        stages = (f"{'fine-tune' if start.weights else 'training'} {args.epochs}"
+                  + (" (sparsity during it)" if args.sparse_epochs == 0 else f", sparsity {args.sparse_epochs}"))
+    lines = describe(dataset) + [f"input size: {args.img_size} px",
+                                 f"epochs: {stages}, pruned fine-tune {args.finetune_epochs}"]
+    return ("## Data\n\n" + "".join(f"- {line}\n" for line in lines)
+            + "\n## Chosen automatically\n\n" + "".join(f"- {line}\n" for line in start.choices))
+
+
+def write_report(args, rows, diffs, final_cfg, final_weights, seconds, data_text=""):
     ref = unpruned(rows)
     table = markdown_table(
         ["model", "mAP@0.5", "params", "GFLOPs", "torch ms", "OpenCV ms", "OpenCV speed-up"],
@@ -253,12 +331,15 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds):
             f"Machine: {machine_line()}; latency = batch 1, median of {args.latency_runs} runs after 5 warm-up. "
             f"Wall time {seconds / 60:.1f} min (stages reused from the cache are not re-timed).\n\n{table}\n\n"
             f"{targets}\n\nDeployed pair: `{final_cfg}`, `{final_weights}`, written for {READERS[args.reader].label} "
-            f"({checks}).\n")
+            f"({checks}).\n" + (f"\n{data_text}" if data_text else ""))
     with atomic_write(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "deploy_checks": diffs, "reader": args.reader, "seconds": seconds}, f, indent=2)
+        json.dump({"rows": rows, "deploy_checks": diffs, "reader": args.reader, "seconds": seconds,
+                   "data": data_text}, f, indent=2)
     src = os.path.join(args.out, "train" if args.sparse_epochs == 0 else "sparse", "gamma_history.png")
+    if not os.path.isfile(src):   # transfer skipped: the sparsity stage is the only one
+        src = os.path.join(args.out, "sparse", "gamma_history.png")
     if os.path.isfile(src):
         shutil.copy(src, os.path.join(args.out, "gamma_history.png"))
     return text

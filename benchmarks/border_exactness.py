@@ -164,7 +164,7 @@ def report(results, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--tiny-cfg", default=os.path.join(ROOT, "weights", "coco-tiny", "yolov3-tiny.cfg"))
     p.add_argument("--tiny-weights", default=os.path.join(ROOT, "weights", "coco-tiny", "yolov3-tiny.weights"))
     p.add_argument("--tiny-percent", type=float, default=0.3)

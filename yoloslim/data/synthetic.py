@@ -23,11 +23,13 @@ Layout written under --out:
                                       file's folder (yoloslim.darknet.cfg.parse_data_cfg resolves them)
     meta.json                         the generation parameters; written last, it marks a
                                       complete set, so a rerun with the same parameters is a no-op
+    .yolo-slim-owned                  written first (yoloslim/owned.py): only a folder that is new,
+                                      empty or so marked is written into; any other is refused
 """
-import argparse
 import json
 import math
 import multiprocessing
+import argparse
 import os
 import time
 
@@ -36,6 +38,7 @@ import numpy as np
 
 from yoloslim.errors import cli_main
 from yoloslim.io import atomic_write
+from yoloslim.owned import claim
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "star")
 GENERATOR_VERSION = 1  # bump when the drawing code changes so cached sets are rebuilt
@@ -351,6 +354,7 @@ def write_index_files(out, n_train, n_val):
 def generate(out, n_train=2000, n_val=400, img_size=320, seed=0, workers=None, progress=True):
     """Write the data set to `out`; returns False when an identical set was already there."""
     params = generation_params(n_train, n_val, img_size, seed)
+    claim(out, "--out", "yoloslim/data/synthetic.py", legacy=earlier_set)
     if is_complete(out, params):
         return False
     meta = os.path.join(out, "meta.json")
@@ -380,13 +384,22 @@ def generate(out, n_train=2000, n_val=400, img_size=320, seed=0, workers=None, p
     return True
 
 
+def earlier_set(folder):
+    """A set an earlier version wrote (before the marker): its meta.json names our generator."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            return "generator_version" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def make_progress(total, enabled):
     from tqdm import tqdm
     return tqdm(total=total, desc="drawing", unit="img", disable=not enabled)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m yoloslim.data.synthetic",
+    p = argparse.ArgumentParser(prog="python -m yoloslim.data.synthetic", allow_abbrev=False,
                                 description="Write a deterministic synthetic shapes detection set "
                                             "(YOLO format, 5 classes: " + ", ".join(CLASS_NAMES) + ").")
     p.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")

@@ -106,7 +106,7 @@ def hyp_pairs(items):
         if "=" in item:
             yield (*item.split("=", 1), "--hyp")
         elif os.path.isfile(item):
-            with open(item, encoding="utf-8") as f:
+            with open(item, encoding="utf-8", errors="replace") as f:   # a binary file fails on its first line
                 for lineno, line in enumerate(f, 1):
                     line = line.split("#", 1)[0].strip()
                     if not line:

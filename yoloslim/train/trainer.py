@@ -33,6 +33,7 @@ from yoloslim.deploy.measure import flush_denormals
 from yoloslim.errors import DataError, SlimError
 from yoloslim.eval.evaluate import build_loader, evaluate
 from yoloslim.io import atomic_write, claim_folder
+from yoloslim.owned import check_claimable, has_any
 from yoloslim.train.config import parse_hyp
 from yoloslim.train.distill import check_compatible, distillation_loss, head_logits, teacher_outputs
 from yoloslim.train.ema import ModelEMA
@@ -53,6 +54,8 @@ def prepare_run_folder(opt, ddp):
     """A resumed run needs its last.pt; a new run's folder is claimed at the end of setup."""
     if opt.resume and not os.path.isfile(os.path.join(opt.out, "last.pt")):
         raise SlimError(f"{opt.out}: no last.pt to resume from; start the run without --resume")
+    # never into, nor beside as out-2, a folder or file of the user's (a data set, say)
+    check_claimable(opt.out, "--out", legacy=has_any("last.pt", "results.csv", "stage.json", "tb"))
     ddp.barrier()  # every rank checks before rank 0 creates the folder (at the end of setup)
 
 

@@ -1,0 +1,64 @@
+"""A base cfg adapted to a data set: its class count, the head filters that follow, k-means anchors.
+
+Shared by ``derive_cfg.py`` (the command) and ``slim.py`` (which derives the cfg it trains).
+"""
+from dataclasses import dataclass
+
+from yoloslim.data.anchors import kmeans_anchors
+from yoloslim.errors import CfgError, DataError
+from yoloslim.darknet.cfg import parse_model_cfg
+from yoloslim.train.transfer import cfg_for_data
+
+
+@dataclass
+class DerivedCfg:
+    defs: list          # [net] + layers, ready for write_model_cfg
+    classes: int
+    anchors: list       # (w, h) pairs in pixels at img_size; the base cfg's when kept
+    kmeans: bool        # True when the anchors came from k-means on the data's boxes
+    img_size: int
+
+
+def anchor_count(defs, path):
+    """Anchors the cfg's [yolo] layers use together (each uses its mask's share)."""
+    heads = [m for m in defs[1:] if m["type"] == "yolo"]
+    if not heads:
+        raise CfgError(f"{path}: has no [yolo] layer, so there is no class count or anchor to derive")
+    return sum(len(m["mask"]) if "mask" in m else len(m["anchors"]) // 2 for m in heads)
+
+
+def derive_for_data(src_cfg, spec, img_size, keep_anchors=False):
+    """``src_cfg`` for ``spec`` (a yoloslim.data.userdata.DataSet) at ``img_size``: classes, head filters,
+    [net] size, and k-means anchors on the training boxes unless ``keep_anchors``."""
+    from yoloslim.data.userdata import box_sizes
+    base = parse_model_cfg(src_cfg)
+    k = anchor_count(base, src_cfg)
+    if keep_anchors:
+        defs, anchors = scaled_anchors(src_cfg, base, spec.nc, img_size)
+        return DerivedCfg(defs, spec.nc, anchors, False, img_size)
+    sizes = box_sizes(spec.train, img_size)
+    if len(sizes) < k:
+        raise DataError(f"{spec.source}: {len(sizes)} labelled boxes in the train split, too few for the "
+                        f"{k} anchors of {src_cfg}; label more images")
+    anchors = [tuple(float(v) for v in wh) for wh in kmeans_anchors(sizes, k)]
+    return DerivedCfg(cfg_for_data(src_cfg, spec.nc, anchors, img_size), spec.nc, anchors, True, img_size)
+
+
+def scaled_anchors(src_cfg, base, nc, img_size):
+    """(defs, anchors) with the base cfg's anchors scaled from its [net] width to ``img_size``.
+
+    Darknet divides an anchor by the network width, so trained heads predict the same boxes at
+    another input size only when the anchors scale with it (kept to 2 decimals, not rounded to
+    whole pixels: at 64 px a 10 px anchor becomes 1.54, and 2 would be 30% off)."""
+    scale = img_size / float(base[0].get("width", 416))
+    flat = next(m["anchors"] for m in base[1:] if m["type"] == "yolo")
+    anchors = [(round(flat[i] * scale, 2), round(flat[i + 1] * scale, 2)) for i in range(0, len(flat), 2)]
+    defs = cfg_for_data(src_cfg, nc, None, img_size)
+    for m in defs[1:]:
+        if m["type"] == "yolo":
+            m["anchors"] = [v if v != int(v) else int(v) for wh in anchors for v in wh]
+    return defs, anchors
+
+
+def anchors_text(anchors):
+    return ", ".join(f"{w:.0f}x{h:.0f}" for w, h in anchors)
