@@ -8,7 +8,7 @@ if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importi
 from yoloslim.errors import cli_main
 from yoloslim.cli.checks import count
 from yoloslim.cli.prune import base_parser, run_prune
-from yoloslim.prune.engine import POLICIES, Policy
+from yoloslim.prune.engine import POLICIES, Multiple, Policy
 
 
 def main(argv=None):
@@ -17,7 +17,7 @@ def main(argv=None):
                    help="round kept counts up to a multiple of this (e.g. 8); 0 = round up to a power of two")
     args = p.parse_args(argv)
     if args.multiple:
-        policy = Policy(f"regular-x{args.multiple}", rounding="multiple", multiple=args.multiple)
+        policy = Policy(f"regular-x{args.multiple}", rounding=Multiple(args.multiple))
     else:
         policy = POLICIES["regular-pow2"]
     return run_prune(args, policy, policy.name)

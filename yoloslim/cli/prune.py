@@ -17,7 +17,7 @@ from yoloslim.deploy.parity import within
 from yoloslim.pipeline.stages import measure
 from yoloslim.prune.graph import analyze
 from yoloslim.prune.report import channel_table, comparison_table
-from yoloslim.prune.engine import POLICIES, make_units, prune, unit_scores, write_pruned
+from yoloslim.prune.engine import POLICIES, BNImportance, make_units, prune, unit_scores, write_pruned
 from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS, check_written_pair
 from yoloslim.cli.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
 from yoloslim.prune.ratio_search import plot_search
@@ -98,12 +98,12 @@ def sparsity_report(model, graph, policy, percent):
     """How sparse the prunable gammas are, before pruning; warn plainly when the model does not
     look sparsity-trained, since then any percent cuts channels that still carry signal."""
     units = make_units(model, graph, policy)
-    gammas = torch.cat([unit_scores(model, u, "bn") for u in units])
+    gammas = torch.cat([unit_scores(model, u, BNImportance()) for u in units])
     near = float((gammas < NEAR_ZERO).float().mean())
     print(f"sparsity: {near:.1%} of {gammas.numel()} prunable |gamma| are below {NEAR_ZERO} "
           f"(median {float(gammas.median()):.3g})")
     print(gamma_histogram_line(gammas))
-    if policy.importance == "bn" and (percent > near + 0.1 or near < SPARSE_ENOUGH):
+    if policy.importance.global_threshold and (percent > near + 0.1 or near < SPARSE_ENOUGH):
         print(f"warning: this model does not look sparsity-trained: --percent {percent:g} removes {percent:.0%} "
               f"of the channels but only {near:.1%} have |gamma| below {NEAR_ZERO}, so live channels are cut "
               f"and accuracy may collapse (check with --data); sparsity-train first (train.py -sr) or lower --percent")
@@ -123,11 +123,7 @@ def report_removed_share(plans, percent, policy, n_blocks):
     total = sum(m.numel() for m in masks)
     removed = sum(int((~m).sum()) for m in masks) / total
     print(f"removed {removed:.1%} of {total} prunable channels (kept {1 - removed:.1%}; --percent {percent:g} asked)")
-    hint = (f"the {policy.name} rounding keeps a layer whole until it can drop to the next power of two "
-            f"(more than half its channels below the threshold); raise --percent or round to --multiple 8"
-            if policy.rounding == "pow2" else
-            f"the {policy.name} rounding to a multiple of {policy.multiple} keeps small layers whole; raise --percent"
-            if policy.rounding == "multiple" else "lower --layer-keep or raise --percent")
+    hint = policy.rounding.hint(policy.name)
     if removed == 0 and not n_blocks:
         raise PruneError(f"--percent {percent:g} removes no channel at all, so the output would equal the input: {hint}")
     if removed < percent / 2:
@@ -153,12 +149,12 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     """
     policy = POLICIES[policy] if isinstance(policy, str) else policy
     criterion = resolve_criterion(args, args.percent_fallback) if channels else None
-    validate_inputs(args, channels)
-    model = load_model(args.cfg, args.weights, args.img_size,
+    defs = validate_inputs(args, channels)
+    model = load_model(args.cfg, args.weights, args.img_size, defs=defs,
                        reader=None if args.input_reader == "auto" else args.input_reader).eval()
     if model.read_as:
         print(f"{args.weights}: BN statistics read as written for {READERS[model.read_as].label}")
-    graph = analyze(model.module_defs)
+    graph = analyze(model.module_defs, model.in_channels)
     if needs_shortcuts:
         refuse_without_shortcuts(graph, args.cfg)
     args.search = None
@@ -169,7 +165,7 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     if percent is not None:
         sparsity_report(model, graph, policy, percent)
     t0 = time.perf_counter()
-    compact, plans = prune(model, policy, percent, args.layer_keep, n_blocks)
+    compact, plans = prune(model, policy, percent, args.layer_keep, n_blocks, graph=graph)
     surgery_s = time.perf_counter() - t0
     for plan in plans:
         if plan.threshold is not None:

@@ -274,6 +274,15 @@ class Kind:
     adds_inputs = False       # a residual sum (its inputs share one channel space)
     reads_previous = True     # the previous layer is its first input
 
+    # ---- the layer's parts: the rest of the code reaches a conv or its BN only through these
+    def conv(self, module):
+        """The layer's nn.Conv2d, or None for a kind without weights."""
+        return None
+
+    def bn(self, module):
+        """The layer's nn.BatchNorm2d, or None."""
+        return None
+
     # ---- parse time
     def check_options(self, mdef):
         for key in self.required:
@@ -363,6 +372,12 @@ class Convolutional(Kind):
     required = ("activation",)     # Darknet's default is logistic, OpenCV's linear
     activation = "logistic"
     has_weights = True
+
+    def conv(self, module):
+        return module.Conv2d
+
+    def bn(self, module):
+        return getattr(module, "BatchNorm2d", None)
 
     def check_options(self, mdef):
         super().check_options(mdef)

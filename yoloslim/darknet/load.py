@@ -35,12 +35,18 @@ def load_any(cfg=None, weights=None, img_size=None, cutoff=None, reader=None):
     raise WeightsError(f"{weights}: a Darknet weights file needs its --cfg (only our checkpoints carry one)")
 
 
-def load_model(cfg, weights=None, img_size=None, cutoff=None, reader=None):
+def load_model(cfg, weights=None, img_size=None, cutoff=None, reader=None, defs=None):
     """Darknet model from a cfg plus an optional Darknet weights file or checkpoint of ours;
-    ``reader`` as in Darknet.load_darknet_weights."""
-    if isinstance(cfg, (str, os.PathLike)) and img_size is None:
-        check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))  # width=0 must not reach PyTorch
-    model = Darknet(cfg, img_size)
+    ``reader`` as in Darknet.load_darknet_weights. ``defs``: the cfg already parsed (by the
+    command line's checks), so a run parses its cfg once."""
+    if isinstance(cfg, (str, os.PathLike)):
+        path = os.fspath(cfg)
+        defs = defs if defs is not None else parse_model_cfg(path)
+        if img_size is None:
+            check_net_size(defs, path)   # width=0 must not reach PyTorch
+        model = Darknet(defs, img_size, path=path)
+    else:
+        model = Darknet(cfg, img_size)
     if weights:
         load_weights(model, weights, cutoff, reader)
     return model

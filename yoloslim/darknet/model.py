@@ -40,14 +40,15 @@ def create_modules(module_defs, in_channels):
 class Darknet(nn.Module):
     """A Darknet network built from a .cfg path or a parsed ``module_defs`` list."""
 
-    def __init__(self, cfg, img_size=None):
+    def __init__(self, cfg, img_size=None, path=None):
+        """``cfg``: a .cfg path, or parsed ``module_defs`` (then ``path`` names the file they came from)."""
         super().__init__()
         if isinstance(cfg, (str, os.PathLike)):
             defs = parse_model_cfg(os.fspath(cfg))
             self.cfg_path = os.fspath(cfg)
         else:
             defs = copy.deepcopy(list(cfg))
-            self.cfg_path = None
+            self.cfg_path = os.fspath(path) if path else None
         if defs[0]["type"] not in ("net", "network"):
             raise CfgError("module_defs must start with the [net] section")
         self.hyperparams, self.module_defs = defs[0], defs[1:]
@@ -117,7 +118,23 @@ class Darknet(nn.Module):
         stop = len(self.module_defs) if cutoff is None else cutoff
         for i, (kind, module) in enumerate(zip(self.kinds[:stop], self.module_list[:stop])):
             if kind.has_weights:
-                yield i, module.Conv2d, getattr(module, "BatchNorm2d", None)
+                yield i, kind.conv(module), kind.bn(module)
+
+    def conv(self, i):
+        """Layer ``i``'s nn.Conv2d (None for a layer without weights)."""
+        return self.kinds[i].conv(self.module_list[i])
+
+    def bn(self, i):
+        """Layer ``i``'s nn.BatchNorm2d (None without one)."""
+        return self.kinds[i].bn(self.module_list[i])
+
+    def gamma(self, i):
+        """Layer ``i``'s BN scale factors, the ones sparsity training and pruning rank."""
+        return self.bn(i).weight
+
+    def beta(self, i):
+        """Layer ``i``'s BN shifts: a pruned channel's constant output is act(beta)."""
+        return self.bn(i).bias
 
     def darknet_float_count(self, cutoff=None):
         total = 0

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 
 from yoloslim.darknet.net import STRIDE
 from yoloslim.errors import DataError
-from yoloslim.errors import DataError
 from yoloslim.data.jpeg_check import jpeg_file_truncated
 from yoloslim.data.text_input import read_text_lines, refuse_non_regular
 

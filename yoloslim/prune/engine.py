@@ -32,23 +32,76 @@ from yoloslim.prune.graph import analyze
 # ----------------------------------------------------------------------------- data types
 
 
+@dataclass(frozen=True)
+class BNImportance:
+    """|gamma|, ranked against one global threshold over every unit (network slimming)."""
+    name = "bn"
+    global_threshold = True
+
+    def __call__(self, model, conv):
+        return model.gamma(conv).detach().abs()
+
+
+@dataclass(frozen=True)
+class L1Importance:
+    """Each filter's L1 norm, the same share removed within each layer (Li et al.'s criterion)."""
+    name = "l1"
+    global_threshold = False
+
+    def __call__(self, model, conv):
+        return model.conv(conv).weight.detach().abs().sum(dim=(1, 2, 3))
+
+
+@dataclass(frozen=True)
+class KeepCount:
+    """No rounding: a layer keeps the channels its importance earns."""
+    def __call__(self, n):
+        return n
+
+    def hint(self, policy_name):
+        """What to change when the plan removes too little."""
+        return "lower --layer-keep or raise --percent"
+
+
+@dataclass(frozen=True)
+class PowerOfTwo:
+    """Kept counts rounded up to 2^n (at least 8), the counts some runtimes run fastest."""
+    def __call__(self, n):
+        return 1 << max(3, math.ceil(math.log2(max(n, 1))))
+
+    def hint(self, policy_name):
+        return (f"the {policy_name} rounding keeps a layer whole until it can drop to the next power of two "
+                f"(more than half its channels below the threshold); raise --percent or round to --multiple 8")
+
+
+@dataclass(frozen=True)
+class Multiple:
+    """Kept counts rounded up to a multiple of ``k`` (blocked kernels run multiples of 8 faster)."""
+    k: int = 8
+
+    def __call__(self, n):
+        return self.k * math.ceil(max(n, 1) / self.k)
+
+    def hint(self, policy_name):
+        return f"the {policy_name} rounding to a multiple of {self.k} keeps small layers whole; raise --percent"
+
+
 @dataclass
 class Policy:
-    """How a pruning method chooses channels."""
+    """How a pruning method chooses channels: which units, how they are ranked and rounded."""
     name: str
     shortcut_groups: bool = False      # prune convs meeting at shortcuts, with one shared mask
-    rounding: str = "none"             # 'none', 'pow2' or 'multiple'
-    multiple: int = 8
-    importance: str = "bn"             # 'bn' (|gamma|, global threshold) or 'l1' (filter L1, per layer)
+    rounding: object = KeepCount()     # kept count -> rounded kept count
+    importance: object = BNImportance()   # (model, conv) -> per-channel scores
 
 
 POLICIES = {
     "normal": Policy("normal"),
     "tiny": Policy("tiny"),
-    "regular-pow2": Policy("regular-pow2", rounding="pow2"),
-    "regular-x8": Policy("regular-x8", rounding="multiple", multiple=8),
+    "regular-pow2": Policy("regular-pow2", rounding=PowerOfTwo()),
+    "regular-x8": Policy("regular-x8", rounding=Multiple(8)),
     "shortcut": Policy("shortcut", shortcut_groups=True),
-    "l1": Policy("l1", importance="l1"),
+    "l1": Policy("l1", importance=L1Importance()),
 }
 
 
@@ -90,7 +143,7 @@ def make_units(model, graph, policy):
         if members[0] in seen:
             continue
         seen.update(members)
-        width = model.module_list[conv].Conv2d.out_channels
+        width = model.conv(conv).out_channels
         units.append(Unit(members, width, max(graph.split_of[c] for c in members)))
     if not units:
         raise PruneError(f"{model.cfg_path or 'the cfg'}: no prunable layers for the '{policy.name}' method "
@@ -101,24 +154,12 @@ def make_units(model, graph, policy):
 def unit_scores(model, unit, importance):
     """Per-channel importance of a unit: the max over its convs, so a shared channel is kept
     if any conv writing into that residual stream still needs it (the union of their masks)."""
-    scores = []
-    for c in unit.convs:
-        seq = model.module_list[c]
-        if importance == "l1":
-            w = seq.Conv2d.weight.detach()
-            scores.append(w.abs().sum(dim=(1, 2, 3)))
-        else:
-            scores.append(seq.BatchNorm2d.weight.detach().abs())
-    return torch.stack(scores).amax(0).float()
+    return torch.stack([importance(model, c) for c in unit.convs]).amax(0).float()
 
 
 def round_count(n, width, policy):
     """Kept count after the policy's rounding, never above the layer width."""
-    if policy.rounding == "pow2":
-        n = 1 << max(3, math.ceil(math.log2(max(n, 1))))
-    elif policy.rounding == "multiple":
-        n = policy.multiple * math.ceil(max(n, 1) / policy.multiple)
-    return min(n, width)
+    return min(policy.rounding(n), width)
 
 
 def top_k_mask(scores, k, split=1):
@@ -156,7 +197,7 @@ def plan_channels(model, graph, policy, percent, layer_keep=None):
     safe_thr, safe_pct = safe_limit(scores)
     plan = PrunePlan(policy=policy.name, safe_percent=safe_pct)
 
-    if policy.importance == "bn":
+    if policy.importance.global_threshold:
         ordered = torch.sort(torch.cat(scores)).values
         plan.threshold = float(ordered[min(int(len(ordered) * percent), len(ordered) - 1)])
         if plan.threshold > safe_thr and layer_keep is None:
@@ -165,7 +206,7 @@ def plan_channels(model, graph, policy, percent, layer_keep=None):
                 f"{plan.threshold:.4g} > smallest per-layer max |gamma| {safe_thr:.4g}); the safe limit is "
                 f"--percent {safe_pct:.3f}, or pass --layer-keep 0.1 to keep each layer's strongest channels")
     for unit, s in zip(units, scores):
-        if policy.importance == "bn":
+        if policy.importance.global_threshold:
             n_keep = int((s >= plan.threshold).sum())
         else:
             n_keep = unit.width - int(unit.width * percent)
@@ -187,7 +228,7 @@ def plan_layers(model, graph, n_blocks):
         raise PruneError(f"{model.cfg_path or 'the cfg'}: has no residual blocks (conv, conv, shortcut) to remove")
     if not 0 < n_blocks <= len(blocks):
         raise PruneError(f"--layers {n_blocks}: choose between 1 and {len(blocks)} (the residual blocks in this cfg)")
-    strength = [float(model.module_list[b.convs[1]].BatchNorm2d.weight.detach().abs().mean()) for b in blocks]
+    strength = [float(model.gamma(b.convs[1]).detach().abs().mean()) for b in blocks]
     order = sorted(range(len(blocks)), key=lambda k: strength[k])
     return PrunePlan(removed_blocks=sorted((blocks[k] for k in order[:n_blocks]), key=lambda b: b.shortcut),
                      policy=f"layer({n_blocks})")
@@ -205,9 +246,9 @@ def _stand_in(layer, removed_shortcut_input):
 
 def _removed_block_constant(model, consts, block):
     """A removed block leaves its input plus its last conv's constant output ``act(beta)``."""
-    seq = model.module_list[block.convs[1]]
-    beta = seq.BatchNorm2d.bias.detach().float().view(1, -1, 1, 1)
-    return consts[block.input] + getattr(seq, "activation", torch.nn.Identity())(beta).view(-1)
+    beta = model.beta(block.convs[1]).detach().float().view(1, -1, 1, 1)
+    act = getattr(model.module_list[block.convs[1]], "activation", torch.nn.Identity())
+    return consts[block.input] + act(beta).view(-1)
 
 
 def propagate_constants(model, graph, plan):
@@ -311,25 +352,26 @@ def zeroed_reference(model, plan):
     ref = copy.deepcopy(model)
     with torch.no_grad():
         for conv, keep in plan.masks.items():
-            ref.module_list[conv].BatchNorm2d.weight[~keep] = 0
+            ref.gamma(conv)[~keep] = 0
         for block in plan.removed_blocks:
-            ref.module_list[block.convs[1]].BatchNorm2d.weight.zero_()
+            ref.gamma(block.convs[1]).zero_()
     return ref
 
 
-def prune(model, policy, percent=None, layer_keep=None, n_blocks=0):
+def prune(model, policy, percent=None, layer_keep=None, n_blocks=0, graph=None):
     """One call for the front ends: optional layer removal, then channel pruning unless
-    ``percent`` is None.
+    ``percent`` is None. ``graph``: ``model``'s analysis when the caller has it already.
 
     Returns (compact model, list of plans applied in order).
     """
     plans, current = [], model
+    graph = graph or analyze(model.module_defs, model.in_channels)
     if n_blocks:
-        plan = plan_layers(current, analyze(current.module_defs, current.in_channels), n_blocks)
+        plan = plan_layers(current, graph, n_blocks)
         current = build_compact(current, plan)
         plans.append(plan)
+        graph = analyze(current.module_defs, current.in_channels)   # the graph with the blocks gone
     if percent is not None:
-        graph = analyze(current.module_defs, current.in_channels)
         plan = plan_channels(current, graph, policy, percent, layer_keep)
         current = build_compact(current, plan, graph)
         plans.append(plan)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from yoloslim.errors import PruneError
 from yoloslim.prune.graph import analyze
-from yoloslim.prune.engine import make_units, prune, safe_limit, unit_scores
+from yoloslim.prune.engine import BNImportance, make_units, prune, safe_limit, unit_scores
 from yoloslim.deploy.measure import count_flops, count_params
 
 MAX_RATIO = 0.98        # the search never asks for more: every layer would be down to --layer-keep
@@ -115,10 +115,10 @@ def bisect_smallest(ok, grid):
 # ----------------------------------------------------------------------------- probes
 def ratio_ceiling(model, policy, layer_keep):
     """The largest ratio a plan accepts: the safe limit unless --layer-keep guards every layer."""
-    if layer_keep is not None or policy.importance != "bn":
+    if layer_keep is not None or not policy.importance.global_threshold:
         return MAX_RATIO
     units = make_units(model, analyze(model.module_defs, model.in_channels), policy)
-    _, safe = safe_limit([unit_scores(model, u, "bn") for u in units])
+    _, safe = safe_limit([unit_scores(model, u, BNImportance()) for u in units])
     return min(MAX_RATIO, safe)
 
 

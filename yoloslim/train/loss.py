@@ -78,7 +78,7 @@ def init_head_biases(model, img_size, objects_per_image=8.0):
     net = unwrap(model)
     strides = layer_strides(net.module_defs)
     for i in net.yolo_layers:
-        head, conv = net.module_list[i], net.module_list[i - 1].Conv2d   # a [yolo] reads the layer before it
+        head, conv = net.module_list[i], net.conv(i - 1)   # a [yolo] reads the layer before it
         cells = (img_size / strides[i]) ** 2
         b = conv.bias.view(head.na, head.no)
         b[:, 4] += math.log(objects_per_image / cells)

@@ -46,7 +46,7 @@ def policy_layers(module_defs, policy):
 
 def bn_modules(model, layers):
     net = unwrap(model)
-    return [net.module_list[i].BatchNorm2d for i in layers]
+    return [net.bn(i) for i in layers]
 
 
 class BNSparsity:

@@ -177,14 +177,14 @@ def load_partial(model, path, cutoff=None, weights_cfg=None, img_size=None, prio
 
 def prior_for_heads(model, conv_indices, img_size):
     """The objectness/class prior on the given head convs only (the others keep trained biases)."""
-    kept = {i: model.module_list[i].Conv2d.bias.detach().clone() for i in head_convs(model)
+    kept = {i: model.conv(i).bias.detach().clone() for i in head_convs(model)
             if i not in conv_indices}
     if not conv_indices:
         return
     init_head_biases(model, img_size)   # adds the prior to every head ...
     with torch.no_grad():
         for i, bias in kept.items():    # ... so the loaded heads get their trained biases back
-            model.module_list[i].Conv2d.bias.copy_(bias)
+            model.conv(i).bias.copy_(bias)
 
 
 def keep_frozen_bn_eval(model, n):
