@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
+from conftest import HANG_LIMIT, ROOT
 from yoloslim.darknet.model import Darknet
 from yoloslim.prune.engine import POLICIES
 from yoloslim.prune.ratio_search import (STEP, Criterion, Prober, bisect_largest, bisect_smallest, plot_search, ratio_grid,
@@ -155,7 +155,7 @@ def test_training_raises_s_when_the_share_lags_and_warns_when_short(shapes128, t
 # ----------------------------------------------------------------------------- command lines
 def run(script, *flags, cwd):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=300)
+                          cwd=cwd, env=ENV, timeout=HANG_LIMIT)
 
 
 @pytest.mark.parametrize("script, flags, metric", [

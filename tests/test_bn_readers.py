@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, cfg_path
+from conftest import HANG_LIMIT, ROOT, cfg_path
 from yoloslim.darknet.model import Darknet
 from yoloslim.darknet.load import load_model
 from yoloslim.darknet.bn_readers import (OPENCV_REVISION, READERS, arithmetic, convert_stats, model_arithmetic, reader_difference,
@@ -115,7 +115,7 @@ def test_opencv_runs_its_own_file_as_the_trained_model_and_our_float64_opencv(tr
 
 def run(script, *flags, cwd):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=HANG_LIMIT)
 
 
 def test_convert_writes_for_the_named_reader_and_reads_with_an_override(trained, tmp_path):
@@ -157,7 +157,7 @@ def test_train_writes_its_weights_for_the_named_reader(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--cfg", CFG, "--data",
                            str(tmp_path / "shapes" / "shapes.data"), "--epochs", "1", "--img-size", str(SIZE),
                            "--batch-size", "2", "--workers", "0", "--quiet", "--out", str(out), "--reader", "alexeyab"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=HANG_LIMIT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     weights = str(out / "last.weights")

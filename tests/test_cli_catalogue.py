@@ -457,7 +457,7 @@ def test_two_train_runs_with_one_out_get_separate_folders_and_resume_stays(ws, t
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=str(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
+    results = [p.communicate(timeout=HANG_LIMIT) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
     assert sorted(os.listdir(tmp_path)) == ["run", "run-2"]
     assert sum("is taken; this run writes into " + out + "-2" in err for _, err in results) == 1

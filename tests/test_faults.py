@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from yoloslim.darknet.model import Darknet  # noqa: E402
 from yoloslim.darknet.weights import save_checkpoint  # noqa: E402
+from conftest import HANG_LIMIT
 
 CFG = os.path.join(ROOT, "cfg", "yolov3-tiny-5cls.cfg")
 NAME_MAX = 255
@@ -40,7 +41,7 @@ def run_cli(script, *args, cwd, fsize=None):
     limit = None if fsize is None else (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+                          capture_output=True, text=True, timeout=HANG_LIMIT, preexec_fn=limit)
 
 
 def assert_one_line_error(done, *patterns):

@@ -13,11 +13,13 @@ import time
 
 import pytest
 
+from conftest import HANG_LIMIT
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_LIB = "libtorch"
 
 
-def wait_for_mapping(pid, needle, timeout=60):
+def wait_for_mapping(pid, needle, timeout=HANG_LIMIT):
     """True once ``needle`` appears in the child's memory map (a library being loaded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -39,7 +41,7 @@ def test_ctrl_c_while_torch_imports(tmp_path, script):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for_mapping(proc.pid, TORCH_LIB), "torch was never loaded"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=HANG_LIMIT)
     if proc.returncode == 0:   # the imports finished before the signal landed: --help printed, nothing to judge
         pytest.skip("the child finished importing before SIGINT arrived")
     assert (proc.returncode, err) == (130, "interrupted\n")
@@ -79,7 +81,7 @@ cli_main(work)
 def test_ctrl_c_during_and_after_the_work(tmp_path, when, code, stderr, stdout):
     child = tmp_path / "child.py"
     child.write_text(CHILD.format(root=ROOT))
-    done = subprocess.run([sys.executable, str(child), when], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(child), when], capture_output=True, text=True, timeout=HANG_LIMIT)
     assert (done.returncode, done.stderr, done.stdout) == (code, stderr, stdout)
 
 

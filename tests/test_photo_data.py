@@ -17,7 +17,8 @@ from yoloslim.errors import DataError
 from yoloslim.darknet.cfg import load_classes, parse_data_cfg
 from yoloslim.data.photo_data import MARKER, MIN_BOX, Params, generate, render_image
 from yoloslim.data.photo_sources import (Background, Library, build_library, crop_object, find_sources,
-                                 sample_photos)
+                                         sample_photos)
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -28,7 +29,7 @@ ARGS = ["--n-train", str(N_TRAIN), "--n-val", str(N_VAL), "--img-size", str(SIZE
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "scripts/photo_data.py", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_LIMIT)
 
 
 def tree_bytes(root, skip=()):
@@ -176,7 +177,7 @@ def test_set_is_read_by_datasets_and_test_py(photoset, tmp_path):
     Darknet(cfg).save_darknet_weights(weights)
     result = subprocess.run([sys.executable, "test.py", "--cfg", cfg, "--weights", weights,
                              "--data", os.path.join(out, "photos.data"), "--img-size", str(SIZE)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=HANG_LIMIT)
     assert result.returncode == 0, result.stderr
     targets = sum(len(read_labels(os.path.join(out, "labels", "val", f"{i:06d}.txt"))) for i in range(N_VAL))
     assert re.search(rf"\ball\s*\|\s*{targets}\s*\|", result.stdout), result.stdout

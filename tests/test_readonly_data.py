@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from owndata_sets import tree_digest, write_darknet_data, write_dataset_yaml, write_yolo_folder
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -103,7 +104,7 @@ def test_the_users_data_is_never_written(tool, ws, tmp_path):
         json.dump(cases, f)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "readonly_driver.py"), tool,
                            str(tmp_path / "cases.json")], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
     assert len(results) == len(cases)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from owndata_sets import NAMES, tree_digest, write_darknet_data, write_dataset_yaml, write_yolo_folder
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -23,7 +24,7 @@ QUICK = ["--img-size", "64", "--batch-size", "4", "--epochs", "1", "--sparse-epo
 
 def slim(*args, expect=0):
     proc = subprocess.run([sys.executable, "slim.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env=ENV)
+                          timeout=HANG_LIMIT, env=ENV)
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return proc.stdout + proc.stderr

@@ -9,6 +9,7 @@ from owndata_sets import NAMES, tree_digest, write_darknet_data, write_dataset_y
 from yoloslim.errors import DataError
 from yoloslim.darknet.cfg import parse_model_cfg
 from yoloslim.data.userdata import load_dataset, parse_simple_yaml, write_darknet_data as write_lists
+from conftest import HANG_LIMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +73,7 @@ def test_folder_without_names_counts_classes_from_labels_and_without_val_is_refu
 
 def run_derive(*args):
     return subprocess.run([sys.executable, "derive_cfg.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=HANG_LIMIT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_derive_cfg_command(mine, tmp_path):

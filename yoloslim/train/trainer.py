@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from yoloslim.darknet.cfg import load_classes, parse_cfg_text, parse_data_cfg
-from yoloslim.darknet.load import load_model, model_from_checkpoint
+from yoloslim.darknet.load import load_any, model_from_checkpoint
 from yoloslim.darknet.model import Darknet
 from yoloslim.darknet.weights import load_checkpoint, save_checkpoint
 from yoloslim.data.datasets import LoadImagesAndLabels
@@ -105,10 +105,7 @@ def set_bn_momentum(model, momentum):
 def build_teacher(opt, student, device):
     if not opt.t_weights:
         return None
-    if opt.t_cfg:
-        teacher = load_model(opt.t_cfg, opt.t_weights, opt.img_size)
-    else:
-        teacher = model_from_checkpoint(opt.t_weights, opt.img_size)
+    teacher = load_any(opt.t_cfg, opt.t_weights, opt.img_size)
     check_compatible(student, teacher)
     teacher.to(device).eval()
     for prm in teacher.parameters():
