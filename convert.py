@@ -17,7 +17,7 @@ opencv), ``--input-reader`` the one an input .weights was written for (default: 
 see yoloslim/darknet/bn_readers.py.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import os
 

@@ -11,7 +11,7 @@ For every image the output folder gets the annotated image (same file name) and
 Inputs are never overwritten: an --out that holds any input image is refused.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import json
 import os

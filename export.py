@@ -9,7 +9,7 @@ else agreement with the float model's detections on --images (default: the calib
 beside the int8 speed-up (the two models interleaved). Past --max-drop nothing is written.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import os
 import sys
@@ -19,7 +19,8 @@ import numpy as np
 from yoloslim.darknet.load import load_model
 from yoloslim.errors import cli_main
 from yoloslim.cli import checks
-from yoloslim.deploy.exported import FORMATS, check_format, export_onnx, onnx_max_difference
+from yoloslim.deploy.exported import FORMATS, check_format
+from yoloslim.deploy.onnx_export import export_onnx, onnx_max_difference
 from yoloslim.cli.export import add_int8_arguments, export_deployed, validate_int8
 from yoloslim.io import refuse_overwrite
 

@@ -5,7 +5,7 @@ adds only a constant to the stream, which is folded into the layers that read it
 Channels are then pruned as shortcut_prune does (set --percent 0 to remove layers only).
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 from yoloslim.errors import cli_main
 from yoloslim.cli.checks import count

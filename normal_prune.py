@@ -1,6 +1,6 @@
 """Normal prune: global |gamma| threshold; layers that meet at shortcuts keep all channels."""
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 from yoloslim.errors import cli_main
 from yoloslim.cli.prune import base_parser, run_prune

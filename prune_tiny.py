@@ -4,7 +4,7 @@ A layer read by a grouped route (yolov4-tiny's ``groups=2 group_id=1``) keeps th
 number of channels in each half, so the route still reads the half it was trained on.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 from yoloslim.errors import PruneError, cli_main
 from yoloslim.cli.prune import base_parser, run_prune

@@ -3,7 +3,7 @@
 Hardware runs convolutions fastest on regular widths; an odd count like 23 wastes lanes.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 from yoloslim.errors import cli_main
 from yoloslim.cli.checks import count

@@ -5,7 +5,7 @@ kept if any of them still needs it (the union of their |gamma| masks), so no res
 sum ever loses a channel that one branch relies on.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 from yoloslim.errors import cli_main
 from yoloslim.cli.prune import base_parser, run_prune

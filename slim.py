@@ -22,7 +22,7 @@ run folder by its arguments and inputs: run it again to reuse or resume; change 
 the stages it affects are retrained.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import argparse
 import json
@@ -159,7 +159,7 @@ def deploy_checks(model, cfg, weights, img_size, reader=DEFAULT_READER):
     file is not for is compared with the file as that runtime reads it (yoloslim/darknet/bn_readers.py).
     Returns {runtime: difference relative to the head magnitude}."""
     import numpy as np
-    from yoloslim.darknet.bn_readers import as_read_by, check_written_pair
+    from yoloslim.deploy.reader_checks import as_read_by, check_written_pair
     from yoloslim.deploy.darknet_ref import darknet_difference, darknet_missing, run_darknet
     from yoloslim.deploy.parity import TOLERANCE, within
     diff, tolerance, reader_diff = check_written_pair(model, cfg, weights, reader, img_size)

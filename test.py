@@ -7,7 +7,7 @@
 The evaluation itself is ``yoloslim.eval.evaluate.evaluate``, shared with training and pruning.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import os
 

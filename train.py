@@ -10,7 +10,7 @@ best.weights (Darknet), results.csv (one row per epoch), and with -sr gamma_epoc
 gamma_history.png. The run itself is ``yoloslim.train.trainer.train(TrainConfig(...))``.
 """
 if __name__ == "__main__":   # first, before torch loads: a Ctrl-C while importing is one line, exit 130
-    from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+    from yoloslim.interrupt import exit_quietly_on_ctrl_c
     exit_quietly_on_ctrl_c()
 import os
 

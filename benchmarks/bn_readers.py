@@ -25,7 +25,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from yoloslim.darknet.model import Darknet  # noqa: E402
-from yoloslim.darknet.bn_readers import READERS, reader_difference, with_small_variances  # noqa: E402
+from yoloslim.darknet.bn_readers import READERS  # noqa: E402
+from yoloslim.deploy.reader_checks import reader_difference, with_small_variances  # noqa: E402
 from yoloslim.deploy.darknet_ref import darknet_difference, darknet_missing, run_darknet  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402
 from yoloslim.deploy.opencv_dnn import max_raw_difference, random_input  # noqa: E402

@@ -51,7 +51,7 @@ def parse_args(argv=None):
 
 def int8_copies(models, size, calib, work):
     """ONNX fp32 and int8 of each model, as export.py --int8 makes them."""
-    from yoloslim.deploy.exported import export_onnx
+    from yoloslim.deploy.onnx_export import export_onnx
     from yoloslim.deploy.int8 import quantize
     out = {}
     for name, model in models.items():

@@ -17,8 +17,8 @@ import torch
 from conftest import HANG_LIMIT, ROOT, cfg_path
 from yoloslim.darknet.model import Darknet
 from yoloslim.darknet.load import load_model
-from yoloslim.darknet.bn_readers import (OPENCV_REVISION, READERS, arithmetic, convert_stats, model_arithmetic, reader_difference,
-                              reader_from_header, reader_model, with_small_variances)
+from yoloslim.darknet.bn_readers import OPENCV_REVISION, READERS, arithmetic, convert_stats, model_arithmetic, reader_from_header
+from yoloslim.deploy.reader_checks import reader_difference, reader_model, with_small_variances
 from yoloslim.errors import SlimError
 from yoloslim.deploy.opencv_dnn import max_raw_difference, random_input
 from yoloslim.deploy.parity import TOLERANCE

@@ -25,7 +25,7 @@ from yoloslim.eval.metrics import non_max_suppression
 from yoloslim.deploy.parity import TOLERANCE
 from conftest import cfg_path
 from yoloslim.darknet.model import Darknet
-from yoloslim.darknet.bn_readers import reader_model, with_small_variances
+from yoloslim.deploy.reader_checks import reader_model, with_small_variances
 from yoloslim.deploy.measure import randomize_weights
 
 PHOTOS = sorted(glob.glob("/usr/share/darknet/data/*.jpg"))

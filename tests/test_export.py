@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from conftest import cfg_path
-from yoloslim.deploy.exported import export_onnx, onnx_max_difference
+from yoloslim.deploy.onnx_export import export_onnx, onnx_max_difference
 from yoloslim.darknet.model import Darknet
 from yoloslim.prune.engine import POLICIES, prune
 from yoloslim.deploy.measure import randomize_weights

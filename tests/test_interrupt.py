@@ -50,7 +50,7 @@ def test_ctrl_c_while_torch_imports(tmp_path, script):
 
 CHILD = """
 import atexit, os, signal, sys, time
-from yoloslim.cli.interrupt import exit_quietly_on_ctrl_c
+from yoloslim.interrupt import exit_quietly_on_ctrl_c
 exit_quietly_on_ctrl_c()
 from yoloslim.errors import cli_main
 import torch

@@ -90,7 +90,7 @@ def check_prunes_exactly(model, tmp_path, policies=("normal", "shortcut")):
 
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_kind_matches_opencv_exports_and_prunes_exactly(name, tmp_path):
-    from yoloslim.deploy.exported import export_onnx, onnx_max_difference
+    from yoloslim.deploy.onnx_export import export_onnx, onnx_max_difference
     model, cfg, weights = write_pair(tmp_path, KINDS[name])
     assert opencv_difference(model, cfg, weights) <= 1e-4
     export_onnx(model, tmp_path / "m.onnx", SIZE)
@@ -267,7 +267,7 @@ def test_block_feeding_a_multiplication_is_not_removable(tmp_path):
 
 
 def test_one_input_channel_through_flops_latency_export_opencv_and_pruning(tmp_path):
-    from yoloslim.deploy.exported import export_onnx, onnx_max_difference
+    from yoloslim.deploy.onnx_export import export_onnx, onnx_max_difference
     model, cfg, weights = write_pair(tmp_path, net(channels=1) + STEM + conv(8) + head())
     assert model.module_list[0].Conv2d.in_channels == 1
     assert count_flops(model) == count_flops(model, (SIZE, SIZE)) > 0

@@ -31,7 +31,7 @@ class PruneError(SlimError):
 def cli_main(fn, *args, **kwargs):
     """Run a command-line entry point; turn our errors (and the environment's: OSError,
     MemoryError) into one line on stderr and exit 2."""
-    from yoloslim.cli import interrupt
+    from yoloslim import interrupt
     quiet = interrupt.quiet_outside_work()
     if quiet:
         interrupt.raise_on_ctrl_c()   # during the work: KeyboardInterrupt, so temporaries are removed

@@ -196,8 +196,8 @@ def output_dir(text):
 # ----------------------------------------------------------------------------- file contents
 def check_cfg(path):
     """Parse a .cfg (syntax and [net] size) before any model is built; returns its module_defs."""
-    from yoloslim.darknet.cfg import parse_model_cfg
-    return check_net_size(parse_model_cfg(path), path)
+    from yoloslim.darknet.load import check_cfg as parse_and_check
+    return parse_and_check(path)
 
 
 def ensure(check, value, arg):

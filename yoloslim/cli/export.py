@@ -48,7 +48,7 @@ def validate_int8(args, parser):
 
 def export_deployed(args, model, size):
     """Export (and quantize) in a hidden folder, check, then publish the output file(s)."""
-    from yoloslim.deploy.exported import export_onnx
+    from yoloslim.deploy.onnx_export import export_onnx
     with hidden_workdir(args.out) as work:
         fp32 = os.path.join(work, "fp32.onnx")
         export_onnx(model, fp32, size, args.opset)

@@ -18,7 +18,8 @@ from yoloslim.pipeline.stages import measure
 from yoloslim.prune.graph import analyze
 from yoloslim.prune.report import channel_table, comparison_table
 from yoloslim.prune.engine import POLICIES, BNImportance, make_units, prune, unit_scores, write_pruned
-from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS, check_written_pair
+from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS
+from yoloslim.deploy.reader_checks import check_written_pair
 from yoloslim.cli.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
 from yoloslim.prune.ratio_search import plot_search
 

@@ -9,6 +9,11 @@ from yoloslim.errors import WeightsError
 from yoloslim.io import is_torch_file
 
 
+def check_cfg(path):
+    """Parse a .cfg (syntax and [net] size) before any model is built; returns its module_defs."""
+    return check_net_size(parse_model_cfg(path), path)
+
+
 def net_width(cfg=None, weights=None):
     """The [net] width of ``cfg``, or of the cfg inside a checkpoint of ours: the size it was made for."""
     if cfg:

@@ -240,7 +240,7 @@ def onnx_file(d, hw, work):
         return d.onnx
     if d.model is None and d.cfg is None:
         raise SlimError(f"{d.xml}: ONNX Runtime reads ONNX, not OpenVINO IR; pass the .onnx")
-    from yoloslim.deploy.exported import export_onnx
+    from yoloslim.deploy.onnx_export import export_onnx
     path = os.path.join(work, "model.onnx")
     export_onnx(torch_model(d), path, tuple(hw))
     return path

@@ -74,7 +74,7 @@ def base_model(args, out):
 
 def derive_cfg_for(args, spec, out, base, same):
     """(cfg path, DerivedCfg, why the anchors): the demo's own cfg as is, else one derived for the data."""
-    from yoloslim.cli.checks import check_cfg
+    from yoloslim.darknet.load import check_cfg
     from yoloslim.pipeline.derive import derive_for_data
     from yoloslim.darknet.cfg import write_model_cfg
     if not args.data and not args.weights and (args.cfg or args.model == "narrow"):
@@ -90,7 +90,8 @@ def derive_cfg_for(args, spec, out, base, same):
 
 def choose_start(args, spec, out):
     """The StartingPoint for slim.py's arguments and the DataSet ``spec`` (writes cfgs into ``out`` only)."""
-    from yoloslim.cli.checks import cfg_classes, check_cfg
+    from yoloslim.darknet.load import check_cfg
+    from yoloslim.data.files import cfg_classes
     from yoloslim.pipeline.derive import anchors_text
     os.makedirs(out, exist_ok=True)
     base, origin, trained_cfg = base_model(args, out)
