@@ -15,7 +15,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.chdir(ROOT)
 
-from yoloslim.pipeline.stages import ensure_data, machine_line, markdown_table, run_training  # noqa: E402
+from yoloslim.pipeline.stages import derive_cfg, ensure_data, machine_line, markdown_table, run_training  # noqa: E402
 from yoloslim.train.config import TrainConfig  # noqa: E402
 
 # name -> (what changes, extra train.py arguments on top of the baseline)
@@ -59,16 +59,10 @@ def run_variant(args, name, data, cfg, weights):
 def main():
     args = parse_args()
     from yoloslim.zoo.coco_tiny import fetch_tiny
-    from yoloslim.darknet.cfg import parse_data_cfg, write_model_cfg
-    from yoloslim.train.transfer import cfg_for_data
-    from yoloslim.data.anchors import kmeans_anchors, label_sizes
     data = ensure_data(args.data_dir, args.n_train, args.n_val, args.img_size)
     coco = fetch_tiny()
-    options = parse_data_cfg(data)
-    anchors = kmeans_anchors(label_sizes(options["train"], args.img_size), 6)
     os.makedirs(args.work, exist_ok=True)
-    cfg = os.path.join(args.work, "tiny.cfg")
-    write_model_cfg(cfg_for_data(coco["cfg"], options["classes"], anchors, args.img_size), cfg)
+    cfg, _ = derive_cfg(coco["cfg"], data, args.img_size, os.path.join(args.work, "tiny.cfg"))
     rows = []
     for name in args.only or VARIANTS:
         result, seconds = run_variant(args, name, data, cfg, coco["weights"])

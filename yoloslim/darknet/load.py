@@ -17,7 +17,7 @@ def check_cfg(path):
 def net_width(cfg=None, weights=None):
     """The [net] width of ``cfg``, or of the cfg inside a checkpoint of ours: the size it was made for."""
     if cfg:
-        defs = check_net_size(parse_model_cfg(os.fspath(cfg)), os.fspath(cfg))
+        defs = check_cfg(os.fspath(cfg))
     elif weights and is_torch_file(weights):
         ckpt = load_checkpoint(weights)
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("cfg"), str):

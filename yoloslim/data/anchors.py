@@ -1,18 +1,6 @@
 """Anchors for a data set: k-means on the labelled box sizes, with 1 - IoU as the distance (Darknet's calc_anchors)."""
 import numpy as np
 
-from yoloslim.data.datasets import LoadImagesAndLabels
-
-
-def label_sizes(list_path, img_size):
-    """(n, 2) width/height in pixels of every labelled box, letterboxed to ``img_size``."""
-    ds = LoadImagesAndLabels(list_path, img_size, augment=False)
-    sizes = []
-    for labels in ds.labels:
-        if len(labels):
-            sizes.append((labels[:, 3:5] - labels[:, 1:3]) * img_size)
-    return np.concatenate(sizes) if sizes else np.zeros((0, 2))
-
 
 def kmeans_anchors(wh, k, iters=100, seed=0):
     """``k`` anchors (w, h) sorted by area; centres move to the median of their boxes."""

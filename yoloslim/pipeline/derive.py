@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from yoloslim.data.anchors import kmeans_anchors
 from yoloslim.errors import CfgError, DataError
 from yoloslim.darknet.cfg import parse_model_cfg
+from yoloslim.darknet.kinds import kind_of
 from yoloslim.train.transfer import cfg_for_data
 
 
@@ -19,12 +20,17 @@ class DerivedCfg:
     img_size: int
 
 
+def heads(defs):
+    """The cfg's detection heads ([yolo] sections), as the kind table knows them."""
+    return [m for m in defs[1:] if kind_of(m).is_head]
+
+
 def anchor_count(defs, path):
-    """Anchors the cfg's [yolo] layers use together (each uses its mask's share)."""
-    heads = [m for m in defs[1:] if m["type"] == "yolo"]
-    if not heads:
+    """Anchors the cfg's heads use together (each uses its mask's share)."""
+    found = heads(defs)
+    if not found:
         raise CfgError(f"{path}: has no [yolo] layer, so there is no class count or anchor to derive")
-    return sum(len(m["mask"]) if "mask" in m else len(m["anchors"]) // 2 for m in heads)
+    return sum(len(kind_of(m).anchors(m)) for m in found)
 
 
 def derive_for_data(src_cfg, spec, img_size, keep_anchors=False):
@@ -51,12 +57,11 @@ def scaled_anchors(src_cfg, base, nc, img_size):
     another input size only when the anchors scale with it (kept to 2 decimals, not rounded to
     whole pixels: at 64 px a 10 px anchor becomes 1.54, and 2 would be 30% off)."""
     scale = img_size / float(base[0].get("width", 416))
-    flat = next(m["anchors"] for m in base[1:] if m["type"] == "yolo")
-    anchors = [(round(flat[i] * scale, 2), round(flat[i + 1] * scale, 2)) for i in range(0, len(flat), 2)]
+    first = heads(base)[0]
+    anchors = [(round(w * scale, 2), round(h * scale, 2)) for w, h in kind_of(first).anchor_pairs(first)]
     defs = cfg_for_data(src_cfg, nc, None, img_size)
-    for m in defs[1:]:
-        if m["type"] == "yolo":
-            m["anchors"] = [v if v != int(v) else int(v) for wh in anchors for v in wh]
+    for m in heads(defs):
+        m["anchors"] = [v if v != int(v) else int(v) for wh in anchors for v in wh]
     return defs, anchors
 
 

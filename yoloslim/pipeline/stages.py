@@ -41,19 +41,15 @@ def ensure_data(folder, n_train, n_val, img_size, seed=0):
 
 
 def derive_cfg(src_cfg, data, img_size, path):
-    """Write ``src_cfg`` adapted to a data set: its class count, and anchors from k-means on its
-    training boxes (as many as the cfg has). Returns (path, anchors)."""
-    from yoloslim.data.anchors import kmeans_anchors, label_sizes
+    """Write ``src_cfg`` adapted to the data set of the .data file ``data`` (yoloslim/pipeline/derive.py:
+    class count, head filters, k-means anchors). Returns (path, anchors)."""
     from yoloslim.darknet.cfg import write_model_cfg
-    from yoloslim.darknet.kinds import kind_of
-    from yoloslim.train.transfer import cfg_for_data
-    options = parse_data_cfg(data)
-    heads = [m for m in cfg_for_data(src_cfg, 1)[1:] if kind_of(m).is_head]
-    n_anchors = len(kind_of(heads[0]).anchor_pairs(heads[0]))   # the list every head picks from
-    anchors = kmeans_anchors(label_sizes(options["train"], img_size), n_anchors)
+    from yoloslim.data.userdata import load_dataset
+    from yoloslim.pipeline.derive import derive_for_data
+    derived = derive_for_data(src_cfg, load_dataset(data), img_size)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_model_cfg(cfg_for_data(src_cfg, options["classes"], anchors, img_size), path)
-    return path, anchors
+    write_model_cfg(derived.defs, path)
+    return path, derived.anchors
 
 
 def run_training(config, quiet=False):
