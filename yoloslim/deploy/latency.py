@@ -144,28 +144,32 @@ def latency_columns(models, runtimes, img_size=None, threads=1, runs=20, warmup=
     return rows
 
 
+def _process_threads(runtime):
+    """(get, set) of a runtime whose thread count is process-wide, or None when it is per session."""
+    if runtime == "torch":
+        import torch
+        return torch.get_num_threads, torch.set_num_threads
+    if runtime == "opencv":
+        import cv2
+        return cv2.getNumThreads, cv2.setNumThreads
+    return None
+
+
 @contextlib.contextmanager
 def thread_count(runtime, threads):
     """PyTorch and OpenCV keep their thread count process-wide: set it for the timing, then put it back.
     ONNX Runtime and OpenVINO take it per session (see the loaders)."""
-    if runtime == "torch":
-        import torch
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-    elif runtime == "opencv":
-        import cv2
-        before = cv2.getNumThreads()
-        cv2.setNumThreads(threads)
-        try:
-            yield
-        finally:
-            cv2.setNumThreads(before)
-    else:
+    process_wide = _process_threads(runtime)
+    if process_wide is None:
         yield
+        return
+    get, set_to = process_wide
+    before = get()
+    set_to(threads)
+    try:
+        yield
+    finally:
+        set_to(before)
 
 
 # ----------------------------------------------------------------------------- models in each form
