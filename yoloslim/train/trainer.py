@@ -473,6 +473,10 @@ class Trainer:
                     raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}; resume with --resume (train.py) or run the same command again (slim.py)")
         result = self.summary(time.time() - t_start)
         warning = self.sparsity_warning(share) if share is not None else None
+        if share is not None:
+            result["gamma_below_1e-2"] = share
+            if self.target is not None:
+                result["sparsity_target"], result["s_gain"] = self.target.target, self.target.gain
         if warning:
             result["sparsity_warning"] = warning
             if self.ddp.master:
