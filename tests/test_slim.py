@@ -28,12 +28,25 @@ def test_slim_runs_from_coco_tiny_and_reruns_only_what_changed(coco_tiny, tmp_pa
     rows = report["rows"]
     assert rows["pruned"]["params"] < rows["sparsity-trained"]["params"]
     assert report["deploy_checks"]["opencv"] < 1e-3
-    assert "| base mAP@0.5 | >= 0.6 |" in open(tmp_path / "run" / "report.md").read()
+    md = open(tmp_path / "run" / "report.md").read()
+    assert "| base mAP@0.5 | >= 0.6 |" in md
+    # the thread count the timings used (--threads 1), not the one torch is back at afterwards
+    assert report["timing"]["threads"] == 1 and "(1 threads)" in md and "1 thread(s) set in each runtime" in md
+    assert "load average" in md and report["timing"]["runtimes"] == ["torch", "opencv", "onnxruntime"]
+    assert "| ONNX Runtime ms (speed-up) |" in md and rows["pruned + fine-tuned"]["onnxruntime_ms"] > 0
+    # one sparse epoch cannot collapse 40% of the gammas: the report says so instead of pruning quietly
+    assert "**Sparsity fell short.**" in md and report["sparsity_shortfall"].startswith("warning:")
+    assert "kept channels" in out and "sparsity training ended with" in out
+    first_train = json.load(open(tmp_path / "run" / "train" / "done.json"))["result"]["seconds"]
 
     out = run_slim(tmp_path, "--s", "0.02")       # only the sparsity stage and what reads it retrain
     assert "[cached] " + str(tmp_path / "run" / "train") in out
     assert "[rerun] " + str(tmp_path / "run" / "sparse") in out and "--s 0.01 -> 0.02" in out
     assert "[rerun] " + str(tmp_path / "run" / "finetune") in out
+    report = json.load(open(tmp_path / "run" / "report.json"))
+    # the whole job counts the cached stage's recorded time, not only what this rerun trained
+    assert report["job_seconds"] >= report["seconds"] + first_train - 1e-6
+    assert "this invocation" in open(tmp_path / "run" / "report.md").read()
 
 
 def test_slim_with_sparsity_during_the_fine_tune_prunes_the_trained_model(coco_tiny, tmp_path):

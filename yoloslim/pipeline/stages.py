@@ -66,7 +66,7 @@ def run_training(config, quiet=False):
     done = read_json(os.path.join(out, "done.json"))
     if done is not None and done.get("key") == key:
         print(f"[cached] {out}: {done['result'].get('mAP50', float('nan')):.4f} mAP@0.5 (same options and inputs)")
-        return done["result"]
+        return {**done["result"], "cached": True}
     started = read_json(os.path.join(out, "stage.json"))
     resume = started is not None and started.get("key") == key and done is None \
         and checkpoint_epoch(os.path.join(out, "last.pt")) < config.epochs
@@ -207,15 +207,16 @@ def measure(model, data=None, img_size=None, cfg_path=None, weights_path=None, r
     return row
 
 
-def machine_line():
-    """Where a number was measured, for every table that prints one."""
+def machine_line(threads=None):
+    """Where a number was measured, for every table that prints one; ``threads``: the thread count
+    the measurements used, when it is not torch's current one (a trainer restores its caller's)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "
             f"{time.strftime('%Y-%m-%d')}")
 
 
