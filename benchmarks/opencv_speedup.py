@@ -1,6 +1,6 @@
 """OpenCV DNN speed-up of one Darknet pair over another, robust to a machine shared with other jobs.
 
-    python benchmarks/opencv_speedup.py --a runs/slim/sparse/model.cfg runs/slim/sparse/last.weights \\
+    python benchmarks/opencv_speedup.py --a runs/slim/train/model.cfg runs/slim/train/last.weights \\
         --b runs/slim/final/tiny-finetuned.cfg runs/slim/final/tiny-finetuned.weights --img-size 160
 
 The two nets run alternately, one forward each per round, so a change in the machine's load
