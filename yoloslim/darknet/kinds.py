@@ -50,6 +50,10 @@ ACTIVATIONS = {
 }
 
 
+# AlexeyAB's additions to Darknet's activations: the original (pjreddie) Darknet has none of them
+PJREDDIE_LACKS_ACTIVATIONS = ("mish", "swish")
+
+
 def make_activation(mdef, default="linear"):
     name = mdef.get("activation", default)
     if not isinstance(name, str) or name not in ACTIVATIONS:
@@ -273,6 +277,13 @@ class Kind:
     is_head = False           # a [yolo] output
     adds_inputs = False       # a residual sum (its inputs share one channel space)
     reads_previous = True     # the previous layer is its first input
+
+    # ---- which Darknet runs it
+    def pjreddie_lacks(self, mdef):
+        """Why the original (pjreddie) Darknet cannot run this section, or None. Its layer set is
+        AlexeyAB's minus what AlexeyAB added; a kind or option it never had says so here."""
+        act = mdef.get("activation")
+        return f"activation={act}" if act in PJREDDIE_LACKS_ACTIVATIONS else None
 
     # ---- the layer's parts: the rest of the code reaches a conv or its BN only through these
     def conv(self, module):
@@ -563,6 +574,9 @@ class RouteKind(Kind):
             raise CfgError(f"{mdef.where()}: group_id={group_id} must be in 0..groups-1")
         return groups, group_id
 
+    def pjreddie_lacks(self, mdef):
+        return "[route] groups=" if get_int(mdef, "groups", 1) != 1 else None
+
     def width(self, mdef, srcs, widths, in_channels):
         groups, _ = self._groups(mdef)
         parts = [widths[j] for j in srcs]
@@ -664,6 +678,9 @@ class Sam(Kind):
     name = "sam"
     refs = ("from",)
     activation = "linear"
+
+    def pjreddie_lacks(self, mdef):
+        return f"[{self.name}]"
 
     def width(self, mdef, srcs, widths, in_channels):
         if widths[srcs[0]] != widths[srcs[1]]:
@@ -768,6 +785,11 @@ class Yolo(Kind):
             raise CfgError(f"{mdef.where()}: new_coords={mdef['new_coords']} is not supported; use 0 or 1")
         check_yolo_anchors(mdef)
 
+    def pjreddie_lacks(self, mdef):
+        if mdef.get("scale_x_y", 1) != 1:
+            return "[yolo] scale_x_y="
+        return "[yolo] new_coords=" if mdef.get("new_coords", 0) else None
+
     @staticmethod
     def anchor_pairs(mdef):
         """Every (w, h) of the anchors= list, the ones this head uses and the others'."""
@@ -819,6 +841,11 @@ def kind_of(mdef):
         raise CfgError(f"{mdef.where()}: layer type [{mdef['type']}] is not supported; "
                        f"supported: {', '.join(sorted(KINDS))}")
     return kind
+
+
+def pjreddie_gaps(defs):
+    """What in a parsed cfg (``[net]`` first) the original Darknet cannot run; empty when it runs it all."""
+    return sorted({gap for d in defs[1:] if (gap := KINDS[d["type"]].pjreddie_lacks(d))})
 
 
 def check_section(mdef):
