@@ -221,6 +221,32 @@ def plan_channels(model, graph, policy, percent, layer_keep=None):
     return plan
 
 
+def unit_key(unit):
+    """How a plan names a unit: its first conv's layer index."""
+    return unit.convs[0]
+
+
+def plan_kept(model, graph, policy, kept):
+    """Masks for chosen kept counts (``{unit_key: count}``, units left out keep every channel),
+    each unit keeping its strongest channels by the policy's importance. How the counts were
+    chosen (yoloslim/prune/latency_plan.py) is none of the surgery's business."""
+    units = make_units(model, graph, policy)
+    known = {unit_key(u) for u in units}
+    stray = sorted(set(kept) - known)
+    if stray:
+        raise PruneError(f"kept counts name layers {stray} that are not prunable units of the '{policy.name}' policy")
+    plan = PrunePlan(policy=policy.name)
+    for unit in units:
+        n_keep = kept.get(unit_key(unit), unit.width)
+        if not 0 < n_keep <= unit.width or n_keep % unit.split:
+            raise PruneError(f"layer {unit_key(unit)}: cannot keep {n_keep} of {unit.width} channels "
+                             f"(positive, a multiple of its route split {unit.split})")
+        mask = top_k_mask(unit_scores(model, unit, policy.importance), n_keep, unit.split)
+        for c in unit.convs:
+            plan.masks[c] = mask.clone()
+    return plan
+
+
 def plan_layers(model, graph, n_blocks):
     """Remove the ``n_blocks`` residual blocks whose last BN has the smallest mean |gamma|."""
     blocks = graph.blocks
@@ -358,9 +384,11 @@ def zeroed_reference(model, plan):
     return ref
 
 
-def prune(model, policy, percent=None, layer_keep=None, n_blocks=0, graph=None):
+def prune(model, policy, percent=None, layer_keep=None, n_blocks=0, graph=None, kept=None):
     """One call for the front ends: optional layer removal, then channel pruning unless
     ``percent`` is None. ``graph``: ``model``'s analysis when the caller has it already.
+    ``kept``: chosen kept counts per unit (``{unit_key: count}``, of the model after any layer
+    removal) in place of a ratio, as the budget planner hands them over; same surgery.
 
     Returns (compact model, list of plans applied in order).
     """
@@ -371,8 +399,11 @@ def prune(model, policy, percent=None, layer_keep=None, n_blocks=0, graph=None):
         current = build_compact(current, plan)
         plans.append(plan)
         graph = analyze(current.module_defs, current.in_channels)   # the graph with the blocks gone
-    if percent is not None:
-        plan = plan_channels(current, graph, policy, percent, layer_keep)
+    if percent is not None and kept is not None:
+        raise PruneError("pass a ratio or kept counts, not both")
+    if percent is not None or kept is not None:
+        plan = (plan_channels(current, graph, policy, percent, layer_keep) if kept is None
+                else plan_kept(current, graph, policy, kept))
         current = build_compact(current, plan, graph)
         plans.append(plan)
     return current, plans
