@@ -21,6 +21,7 @@ from yoloslim.prune.engine import POLICIES, BNImportance, make_units, prune, uni
 from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS
 from yoloslim.deploy.reader_checks import check_written_pair
 from yoloslim.cli.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
+from yoloslim.cli.budget import VERIFY_RUNS, add_budget_options, budget_line, check_budget, run_budget
 from yoloslim.prune.ratio_search import plot_search
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
@@ -53,6 +54,7 @@ def base_parser(description, percent_default=0.35):
     p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help=READER_HELP)
     p.add_argument("--input-reader", choices=["auto", *READERS], default="auto", help=INPUT_READER_HELP)
     add_search_options(p)
+    add_budget_options(p)
     p.set_defaults(percent_fallback=percent_default)
     return p
 
@@ -61,7 +63,8 @@ def output_folder(args, method):
     """A new, empty folder claimed atomically: never one that exists, so methods and concurrent
     runs never overwrite each other. The contents are built elsewhere and renamed into it."""
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
-    base = args.out or os.path.join("runs", "prune", f"{stem}-{method}-{args.percent:g}")
+    tag = f"{args.target_ms:g}ms-{args.runtime[0]}" if args.target_ms is not None else f"{args.percent:g}"
+    base = args.out or os.path.join("runs", "prune", f"{stem}-{method}-{tag}")
     return claim_folder(base)   # an existing folder, even an empty one, may be another run's claim
 
 
@@ -149,7 +152,8 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     complete (pair + summary.json) or not at all.
     """
     policy = POLICIES[policy] if isinstance(policy, str) else policy
-    criterion = resolve_criterion(args, args.percent_fallback) if channels else None
+    args.budget = check_budget(args, channels)
+    criterion = resolve_criterion(args, args.percent_fallback) if channels and not args.budget else None
     defs = validate_inputs(args, channels)
     model = load_model(args.cfg, args.weights, args.img_size, defs=defs,
                        reader=None if args.input_reader == "auto" else args.input_reader).eval()
@@ -162,19 +166,20 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
     if criterion is not None:
         args.search = run_search(args, model, policy, criterion, args.img_size or model.img_size[0], n_blocks)
         args.percent = args.search.ratio
-    percent = args.percent if channels else None
-    if percent is not None:
-        sparsity_report(model, graph, policy, percent)
     t0 = time.perf_counter()
-    compact, plans = prune(model, policy, percent, args.layer_keep, n_blocks, graph=graph)
+    if args.budget:
+        compact, plans, args.budget_report = run_budget(args, args.budget, model, policy, graph,
+                                                        args.img_size or model.img_size[0], n_blocks)
+        args.percent = round(removed_share(plans), 4)
+        sparsity_report(model, graph, policy, args.percent)
+    else:
+        compact, plans = plan_at_percent(args, model, policy, graph, channels, n_blocks)
     surgery_s = time.perf_counter() - t0
-    for plan in plans:
-        if plan.threshold is not None:
-            print(f"safe limit: --percent {plan.safe_percent:.3f} (threshold {plan.threshold:.4g})")
-        elif plan.masks:  # l1 importance: a per-layer share, no global threshold
-            print(f"l1: each layer keeps its strongest {1 - percent:.0%} of filters by L1 norm (at least one)")
     print(channel_table(model, plans))
-    report_removed_share(plans, percent, policy, n_blocks)
+    if args.budget:
+        print(f"removed {args.percent:.1%} of the prunable channels to meet the budget")
+    else:
+        report_removed_share(plans, args.percent if channels else None, policy, n_blocks)
 
     folder = output_folder(args, method)
     stem = os.path.splitext(os.path.basename(args.cfg))[0]
@@ -184,6 +189,25 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
         summary = _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem)
     print(f"complete: {folder} (pruned pair and summary.json)")
     return summary
+
+
+def plan_at_percent(args, model, policy, graph, channels, n_blocks):
+    """The ratio's plan (fixed or searched): one |gamma| threshold, or l1's share per layer."""
+    percent = args.percent if channels else None
+    if percent is not None:
+        sparsity_report(model, graph, policy, percent)
+    compact, plans = prune(model, policy, percent, args.layer_keep, n_blocks, graph=graph)
+    for plan in plans:
+        if plan.threshold is not None:
+            print(f"safe limit: --percent {plan.safe_percent:.3f} (threshold {plan.threshold:.4g})")
+        elif plan.masks:  # l1 importance: a per-layer share, no global threshold
+            print(f"l1: each layer keeps its strongest {1 - percent:.0%} of filters by L1 norm (at least one)")
+    return compact, plans
+
+
+def removed_share(plans):
+    masks = [m for plan in plans for m in plan.masks.values()]
+    return sum(int((~m).sum()) for m in masks) / max(1, sum(m.numel() for m in masks))
 
 
 def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem):
@@ -227,7 +251,8 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
                "opencv_max_diff": diff, "opencv_tolerance": tolerance, "surgery_s": surgery_s, "before": before, "after": after,
                "latency": latency,
                "safe_percent": next((p.safe_percent for p in plans if p.safe_percent is not None), None),
-               "ratio_search": args.search.as_dict() if args.search is not None else None}
+               "ratio_search": args.search.as_dict() if args.search is not None else None,
+               "budget": check_against_budget(args, latency, before, after)}
     with atomic_write(os.path.join(work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -236,13 +261,26 @@ def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, w
 def time_pair(args, model, compact, pair, compact_pair, size, before, after):
     """Latency of the original and the pruned model on each --runtime, interleaved run by run, into
     ``before`` / ``after``; returns how it was measured (None when --latency-runs is 0)."""
-    if not args.latency_runs:
+    runs = args.latency_runs or (VERIFY_RUNS if args.budget else 0)
+    if not runs:
         return None
     runtimes = args.runtime or default_runtimes()
     original = Deployable(model, *(pair or (None, None)))
     pruned = Deployable(compact, *compact_pair)
-    timed = latency_columns({"original": original, "pruned": pruned}, runtimes, size, args.threads, args.latency_runs)
+    timed = latency_columns({"original": original, "pruned": pruned}, runtimes, size, args.threads, runs)
     before.update(timed["original"])
     after.update(timed["pruned"])
-    print(describe(runtimes, size, args.threads, args.latency_runs, 5))
-    return {"runtimes": runtimes, "threads": args.threads, "runs": args.latency_runs, "warmup": 5, "img_size": size}
+    print(describe(runtimes, size, args.threads, runs, 5))
+    return {"runtimes": runtimes, "threads": args.threads, "runs": runs, "warmup": 5, "img_size": size}
+
+
+def check_against_budget(args, latency, before, after):
+    """Print whether the written model met --target-ms, as measured; the summary's 'budget' entry."""
+    if not args.budget:
+        return None
+    report = args.budget_report
+    key = f"{report.runtime}_ms"
+    measured = after.get(key) if latency else None
+    print(budget_line(report, measured, before.get(key)))
+    return {**report.as_dict(), "measured_ms": measured, "original_measured_ms": before.get(key),
+            "met": measured is not None and measured <= report.target["ms"]}

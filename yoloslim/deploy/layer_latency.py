@@ -40,6 +40,7 @@ TABLE_RUNS = 7          # timed calls per grid point: the median of an interleav
 TABLE_WARMUP = 3
 GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples of 8, plus the floor of 8
 OVERHEAD = "__overhead__"
+REFERENCE = "__reference__"
 
 
 # ----------------------------------------------------------------------------- where, for whom
@@ -232,9 +233,19 @@ def one_layer_call(runtime, shape, cin, cout, threads, work):
 
 
 # ----------------------------------------------------------------------------- timing
+# a fixed mid-sized conv timed alongside every measurement: its time says how loaded the machine
+# was meanwhile, so layers measured minutes apart (or on another day, from the cache) are put on
+# one scale, that of the reference's first measurement on this machine
+_REFERENCE = ConvShape(3, 1, 1, True, "leaky", 32, 32, 32, 32)
+_REFERENCE_COUNTS = (32, 32)
+# a trivial layer: what one call of a one-layer network costs beyond its arithmetic
+_TRIVIAL = ConvShape(1, 1, 0, True, "linear", 8, 8, 8, 8)
+
+
 @dataclass
 class RuntimeTimer:
-    """Times one-layer networks and whole models on one runtime; counts what it measured."""
+    """Times one-layer networks and whole models on one runtime, each set interleaved with the
+    reference layer; counts what it measured."""
     runtime: str
     threads: int
     runs: int = TABLE_RUNS
@@ -242,25 +253,33 @@ class RuntimeTimer:
     calls: int = 0           # measurements made (tests check that a cached build makes none)
 
     def layer(self, shape, points):
-        """{(cin, cout): median ms} of ``points``, interleaved run by run."""
-        self.calls += 1
-        with tempfile.TemporaryDirectory(prefix="layer-latency-") as tmp, \
-                latency.thread_count(self.runtime, self.threads):
-            fns = {}
-            for k, (cin, cout) in enumerate(points):
-                work = os.path.join(tmp, str(k))
-                os.mkdir(work)
-                fns[(cin, cout)] = one_layer_call(self.runtime, shape, cin, cout, self.threads, work)
-            times = latency.interleave(fns, self.runs, self.warmup)
-        return {p: float(np.median(ms)) for p, ms in times.items()}
+        """({(cin, cout): median ms}, the reference's median ms meanwhile)."""
+        with tempfile.TemporaryDirectory(prefix="layer-latency-") as tmp:
+            fns = {(cin, cout): one_layer_call(self.runtime, shape, cin, cout, self.threads, _folder(tmp, k))
+                   for k, (cin, cout) in enumerate(points)}
+            return self._interleaved(fns, tmp)
 
     def model(self, model, img_size):
+        """(the whole model's median ms, the reference's meanwhile)."""
+        with tempfile.TemporaryDirectory(prefix="model-latency-") as tmp:
+            run = latency.LOADERS[self.runtime](latency.as_deployable(model), img_size, self.threads, _folder(tmp, "m"))
+            times, ref = self._interleaved({"model": run}, tmp)
+        return times["model"], ref
+
+    def _interleaved(self, fns, tmp):
         self.calls += 1
-        return latency.compare({"model": model}, self.runtime, img_size, self.threads, self.runs)["model"].median
+        fns["__reference__"] = one_layer_call(self.runtime, _REFERENCE, *_REFERENCE_COUNTS, self.threads,
+                                              _folder(tmp, "reference"))
+        with latency.thread_count(self.runtime, self.threads):
+            times = latency.interleave(fns, self.runs, self.warmup)
+        ref = float(np.median(times.pop("__reference__")))
+        return {p: float(np.median(ms)) for p, ms in times.items()}, ref
 
 
-# a trivial layer: what one call of a one-layer network costs beyond its arithmetic
-_TRIVIAL = ConvShape(1, 1, 0, True, "linear", 8, 8, 8, 8)
+def _folder(tmp, name):
+    path = os.path.join(tmp, str(name))
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 # ----------------------------------------------------------------------------- tables
@@ -338,36 +357,64 @@ def build_tables(model, runtime, grids=None, img_size=None, threads=1, timer=Non
         sources = layer_shapes(model.module_defs, model.in_channels)[0]
         grids = {c: ([cin] if not sources[c] else grid_counts(cin), grid_counts(cout))
                  for c, (_, cin, cout) in shapes.items()}
-    new = {}
-    overhead = _cached(cache, new, OVERHEAD, lambda: timer.layer(_TRIVIAL, [(8, 8)])[(8, 8)])
+    known = _Known(cache)
+    overhead = known.get(OVERHEAD, lambda: _first(timer.layer(_TRIVIAL, [(8, 8)])))
     tables = {}
     for conv in _progress(shapes, progress, f"latency tables ({runtime}, {threads} thread(s))"):
         shape, cin, cout = shapes[conv]
         ins, outs = grids.get(conv, ([cin], [cout]))
-        tables[conv] = _layer_table(timer, cache, new, shape, sorted(set(ins) | {cin}), sorted(set(outs) | {cout}),
+        tables[conv] = _layer_table(timer, known, shape, sorted(set(ins) | {cin}), sorted(set(outs) | {cout}),
                                     overhead)
-    whole = _cached(cache, new, model_key(model, size), lambda: timer.model(model, size))
-    if new:
-        cache.save(new)
+    whole = known.get(model_key(model, size), lambda: timer.model(model, size))
+    if known.new:
+        cache.save(known.new)
     convs_ms = sum(tables[c](cin, cout) for c, (_, cin, cout) in shapes.items())
-    return LatencyTables(runtime, threads, size, tables, shapes, whole - convs_ms, whole, overhead, len(new))
+    return LatencyTables(runtime, threads, size, tables, shapes, whole - convs_ms, whole, overhead,
+                         len(known.new))
 
 
-def _layer_table(timer, cache, new, shape, ins, outs, overhead):
+class _Known:
+    """Cached points plus those measured in this build, every new one put on the scale of the
+    reference's first measurement on this machine (stored with the points)."""
+
+    def __init__(self, cache):
+        self.cache, self.new = cache, {}
+        self.nominal = cache.points.get(REFERENCE)
+
+    def __contains__(self, key):
+        return key in self.cache.points or key in self.new
+
+    def __getitem__(self, key):
+        return self.new[key] if key in self.new else self.cache.points[key]
+
+    def add(self, measured):
+        """``measured``: (values by key, reference ms meanwhile)."""
+        values, ref = measured
+        if self.nominal is None:
+            self.nominal = self.new[REFERENCE] = ref
+        for key, ms in values.items():
+            self.new[key] = ms * self.nominal / ref
+
+    def get(self, key, measure):
+        if key not in self:
+            values, ref = measure()
+            self.add(({key: values}, ref))
+        return self[key]
+
+
+def _first(measured):
+    values, ref = measured
+    return next(iter(values.values())), ref
+
+
+def _layer_table(timer, known, shape, ins, outs, overhead):
     points = [(i, o) for i in ins for o in outs]
-    missing = [p for p in points if shape.key(*p) not in cache.points and shape.key(*p) not in new]
+    missing = [p for p in points if shape.key(*p) not in known]
     if missing:
-        for (i, o), ms in timer.layer(shape, missing).items():
-            new[shape.key(i, o)] = ms
-    known = {**cache.points, **new}
+        values, ref = timer.layer(shape, missing)
+        known.add(({shape.key(*p): ms for p, ms in values.items()}, ref))
     ms = [[max(0.0, known[shape.key(i, o)] - overhead) for o in outs] for i in ins]
     return LayerTable(ins, outs, ms)
-
-
-def _cached(cache, new, key, measure):
-    if key not in cache.points and key not in new:
-        new[key] = float(measure())
-    return cache.points.get(key, new.get(key))
 
 
 def _progress(items, enabled, desc):
