@@ -6,13 +6,16 @@
 Each conv (conv + BN + activation) is timed as a one-layer network at the input resolution,
 stride and kernel it has in the model, at a small grid of (in, out) counts: the grid points of
 one layer run interleaved, so a change in the machine's load falls on all of them alike. Between
-grid points the table interpolates bilinearly; FLOPs are bilinear in (in, out), so what remains
-is the runtime's efficiency changing with the counts. Everything that is not a conv (routes,
-upsampling, pooling, the heads, the session call itself) is one measured constant: the whole
-model's time minus the sum of its convs' times.
+grid points the table interpolates bilinearly (below the grid, in proportion to the count); FLOPs are bilinear in (in, out), so what remains
+is the runtime's efficiency changing with the counts.
 
-A one-layer network also pays the runtime's fixed per-call cost, which the whole model pays only
-once; that cost is measured on a trivial network and taken off every point.
+The grids of different layers are measured at different moments, so on a shared machine their
+levels need not agree. One calibration set fixes that: the whole model, every conv at its full
+counts and a trivial network (the fixed cost of a call, which a one-layer network pays once per
+conv and the whole model once) run interleaved, round by round. Each layer's grid is scaled to
+its calibrated full-count time, and everything that is not a conv (routes, upsampling, pooling,
+the heads) is one constant: the whole model's time minus the sum of its convs' times, all from
+that one set.
 
 Measurements are cached on disk per machine, runtime version and thread count (key: the CPU model
 string, the runtime and its version, the threads, and each layer's shape including its input
@@ -38,9 +41,8 @@ from yoloslim.io import atomic_write
 
 TABLE_RUNS = 7          # timed calls per grid point: the median of an interleaved set
 TABLE_WARMUP = 3
+LOW_QUANTILE = 0.2
 GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples of 8, plus the floor of 8
-OVERHEAD = "__overhead__"
-REFERENCE = "__reference__"
 
 
 # ----------------------------------------------------------------------------- where, for whom
@@ -233,19 +235,13 @@ def one_layer_call(runtime, shape, cin, cout, threads, work):
 
 
 # ----------------------------------------------------------------------------- timing
-# a fixed mid-sized conv timed alongside every measurement: its time says how loaded the machine
-# was meanwhile, so layers measured minutes apart (or on another day, from the cache) are put on
-# one scale, that of the reference's first measurement on this machine
-_REFERENCE = ConvShape(3, 1, 1, True, "leaky", 32, 32, 32, 32)
-_REFERENCE_COUNTS = (32, 32)
 # a trivial layer: what one call of a one-layer network costs beyond its arithmetic
 _TRIVIAL = ConvShape(1, 1, 0, True, "linear", 8, 8, 8, 8)
 
 
 @dataclass
 class RuntimeTimer:
-    """Times one-layer networks and whole models on one runtime, each set interleaved with the
-    reference layer; counts what it measured."""
+    """Times one-layer networks and whole models on one runtime, interleaved; counts its calls."""
     runtime: str
     threads: int
     runs: int = TABLE_RUNS
@@ -253,27 +249,34 @@ class RuntimeTimer:
     calls: int = 0           # measurements made (tests check that a cached build makes none)
 
     def layer(self, shape, points):
-        """({(cin, cout): median ms}, the reference's median ms meanwhile)."""
+        """{(cin, cout): ms} of one conv at each of ``points``."""
         with tempfile.TemporaryDirectory(prefix="layer-latency-") as tmp:
             fns = {(cin, cout): one_layer_call(self.runtime, shape, cin, cout, self.threads, _folder(tmp, k))
                    for k, (cin, cout) in enumerate(points)}
-            return self._interleaved(fns, tmp)
+            return self._interleaved(fns)
 
-    def model(self, model, img_size):
-        """(the whole model's median ms, the reference's meanwhile)."""
+    def calibrate(self, model, img_size, layers):
+        """{"model": ms, "overhead": ms, name: ms for each (shape, cin, cout) in ``layers``}, one set."""
         with tempfile.TemporaryDirectory(prefix="model-latency-") as tmp:
-            run = latency.LOADERS[self.runtime](latency.as_deployable(model), img_size, self.threads, _folder(tmp, "m"))
-            times, ref = self._interleaved({"model": run}, tmp)
-        return times["model"], ref
+            fns = {"model": latency.LOADERS[self.runtime](latency.as_deployable(model), img_size, self.threads,
+                                                          _folder(tmp, "model")),
+                   "overhead": one_layer_call(self.runtime, _TRIVIAL, 8, 8, self.threads, _folder(tmp, "overhead"))}
+            for k, (name, (shape, cin, cout)) in enumerate(layers.items()):
+                fns[name] = one_layer_call(self.runtime, shape, cin, cout, self.threads, _folder(tmp, k))
+            return self._interleaved(fns)
 
-    def _interleaved(self, fns, tmp):
+    def _interleaved(self, fns):
         self.calls += 1
-        fns["__reference__"] = one_layer_call(self.runtime, _REFERENCE, *_REFERENCE_COUNTS, self.threads,
-                                              _folder(tmp, "reference"))
         with latency.thread_count(self.runtime, self.threads):
             times = latency.interleave(fns, self.runs, self.warmup)
-        ref = float(np.median(times.pop("__reference__")))
-        return {p: float(np.median(ms)) for p, ms in times.items()}, ref
+        return {p: _typical(ms) for p, ms in times.items()}
+
+
+def _typical(ms):
+    """A low quantile rather than the median: on a shared machine the slow runs are other jobs
+    taking the cores, and a model with many parallel regions (each waiting for its slowest thread)
+    suffers more from them than one layer does, which would bias the whole-model constant."""
+    return float(np.quantile(ms, LOW_QUANTILE))
 
 
 def _folder(tmp, name):
@@ -304,10 +307,14 @@ class LayerTable:
 
 
 def _weights(axis, x):
-    """[(index, weight)] interpolating ``x`` on the sorted ``axis``; linear beyond its ends."""
-    if len(axis) == 1:
-        return [(0, x / axis[0])]          # one point: cost proportional to the count
-    k = int(np.clip(np.searchsorted(axis, x) - 1, 0, len(axis) - 2))
+    """[(index, weight)] interpolating ``x`` on the sorted ``axis``. Below the grid the cost falls in
+    proportion to the count (to 0 at 0); past it, it stays at the last point (counts never exceed
+    the full width). Non-negative weights keep the product over two axes monotone in each."""
+    if x <= axis[0]:
+        return [(0, x / axis[0])]
+    if x >= axis[-1]:
+        return [(len(axis) - 1, 1.0)]
+    k = int(np.searchsorted(axis, x)) - 1
     a, b = axis[k], axis[k + 1]
     t = (x - a) / (b - a)
     return [(k, 1 - t), (k + 1, t)]
@@ -357,64 +364,42 @@ def build_tables(model, runtime, grids=None, img_size=None, threads=1, timer=Non
         sources = layer_shapes(model.module_defs, model.in_channels)[0]
         grids = {c: ([cin] if not sources[c] else grid_counts(cin), grid_counts(cout))
                  for c, (_, cin, cout) in shapes.items()}
-    known = _Known(cache)
-    overhead = known.get(OVERHEAD, lambda: _first(timer.layer(_TRIVIAL, [(8, 8)])))
+    new = {}
+    calibrated = _calibration(timer, cache, new, model, size, shapes)
     tables = {}
     for conv in _progress(shapes, progress, f"latency tables ({runtime}, {threads} thread(s))"):
         shape, cin, cout = shapes[conv]
         ins, outs = grids.get(conv, ([cin], [cout]))
-        tables[conv] = _layer_table(timer, known, shape, sorted(set(ins) | {cin}), sorted(set(outs) | {cout}),
-                                    overhead)
-    whole = known.get(model_key(model, size), lambda: timer.model(model, size))
-    if known.new:
-        cache.save(known.new)
+        full = calibrated[shape.key(cin, cout)] - calibrated["overhead"]
+        tables[conv] = _layer_table(timer, cache, new, shape, sorted(set(ins) | {cin}), sorted(set(outs) | {cout}),
+                                    (cin, cout), full)
+    if new:
+        cache.save(new)
     convs_ms = sum(tables[c](cin, cout) for c, (_, cin, cout) in shapes.items())
-    return LatencyTables(runtime, threads, size, tables, shapes, whole - convs_ms, whole, overhead,
-                         len(known.new))
+    whole = calibrated["model"]
+    return LatencyTables(runtime, threads, size, tables, shapes, whole - convs_ms, whole, calibrated["overhead"],
+                         len(new))
 
 
-class _Known:
-    """Cached points plus those measured in this build, every new one put on the scale of the
-    reference's first measurement on this machine (stored with the points)."""
-
-    def __init__(self, cache):
-        self.cache, self.new = cache, {}
-        self.nominal = cache.points.get(REFERENCE)
-
-    def __contains__(self, key):
-        return key in self.cache.points or key in self.new
-
-    def __getitem__(self, key):
-        return self.new[key] if key in self.new else self.cache.points[key]
-
-    def add(self, measured):
-        """``measured``: (values by key, reference ms meanwhile)."""
-        values, ref = measured
-        if self.nominal is None:
-            self.nominal = self.new[REFERENCE] = ref
-        for key, ms in values.items():
-            self.new[key] = ms * self.nominal / ref
-
-    def get(self, key, measure):
-        if key not in self:
-            values, ref = measure()
-            self.add(({key: values}, ref))
-        return self[key]
+def _calibration(timer, cache, new, model, size, shapes):
+    """The model's calibration set (cached under its cfg and size): {"model", "overhead", shape key: ms}."""
+    prefix = model_key(model, size) + "/"
+    layers = {shape.key(cin, cout): (shape, cin, cout) for shape, cin, cout in shapes.values()}
+    names = ["model", "overhead", *layers]
+    if not all(prefix + n in cache.points for n in names):
+        new.update({prefix + n: ms for n, ms in timer.calibrate(model, size, layers).items()})
+    return {n: new.get(prefix + n, cache.points.get(prefix + n)) for n in names}
 
 
-def _first(measured):
-    values, ref = measured
-    return next(iter(values.values())), ref
-
-
-def _layer_table(timer, known, shape, ins, outs, overhead):
+def _layer_table(timer, cache, new, shape, ins, outs, full_counts, full_ms):
+    """One conv's table: its grid as measured together, scaled to its calibrated full-count time."""
     points = [(i, o) for i in ins for o in outs]
-    missing = [p for p in points if shape.key(*p) not in known]
+    missing = [p for p in points if shape.key(*p) not in cache.points and shape.key(*p) not in new]
     if missing:
-        values, ref = timer.layer(shape, missing)
-        known.add(({shape.key(*p): ms for p, ms in values.items()}, ref))
-    ms = [[max(0.0, known[shape.key(i, o)] - overhead) for o in outs] for i in ins]
-    return LayerTable(ins, outs, ms)
+        new.update({shape.key(*p): ms for p, ms in timer.layer(shape, missing).items()})
+    known = {k: new.get(shape.key(*k), cache.points.get(shape.key(*k))) for k in points}
+    scale = max(0.0, full_ms) / known[full_counts] if known[full_counts] > 0 else 1.0
+    return LayerTable(ins, outs, [[known[(i, o)] * scale for o in outs] for i in ins])
 
 
 def _progress(items, enabled, desc):

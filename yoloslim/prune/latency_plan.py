@@ -54,7 +54,7 @@ class BudgetReport:
         rows = []
         for b, goal in self.target.items():
             unit = " ms" if b == "ms" else ""
-            rows.append(f"budget {b}: {_fmt(self.original[b], b)}{unit} -> predicted {_fmt(self.predicted[b], b)}{unit} "
+            rows.append(f"plan {b}: {_fmt(self.original[b], b)}{unit} -> predicted {_fmt(self.predicted[b], b)}{unit} "
                         f"(target {_fmt(goal, b)}{unit})")
         share = self.removed_importance / self.total_importance if self.total_importance else 0.0
         rows.append(f"planner: {self.steps} steps of {self.multiple} channel(s); removed {share:.1%} of the "

@@ -1,0 +1,236 @@
+"""Per-layer latency tables and the latency-aware planner, on small models in seconds.
+
+Tables are measured for real (OpenCV DNN, one thread, yolov3-tiny at 64 px) into a cache under
+a temporary XDG_CACHE_HOME; nothing here asserts on how fast anything ran, only on what the
+tables and the planner do with the numbers they got.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import HANG_LIMIT, ROOT, cfg_path
+from test_prune import relative_difference
+from yoloslim.darknet.cfg import parse_model_cfg, write_model_cfg
+from yoloslim.darknet.load import load_model
+from yoloslim.darknet.model import Darknet
+from yoloslim.deploy.layer_latency import LatencyCache, LayerTable, RuntimeTimer, build_tables, grid_counts
+from yoloslim.deploy.measure import count_flops, randomize_weights
+from yoloslim.errors import PruneError
+from yoloslim.prune.engine import POLICIES, PowerOfTwo, Policy, prune, unit_key, zeroed_reference
+from yoloslim.prune.latency_plan import BudgetPlanner, ladder, plan_to_budget
+
+SIZE = 64
+RUNTIME = "opencv"      # the quickest to build a one-layer network in; always installed here
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    defs = parse_model_cfg(cfg_path("yolov3-tiny"))
+    defs[0]["width"] = defs[0]["height"] = SIZE
+    cfg, weights = str(folder / "tiny.cfg"), str(folder / "tiny.weights")
+    write_model_cfg(defs, cfg)
+    randomize_weights(Darknet(cfg), seed=5).save_darknet_weights(weights)
+    return cfg, weights
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_pair):
+    return load_model(*tiny_pair).eval()
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("xdg-cache"))
+
+
+@pytest.fixture(scope="module")
+def built(tiny, cache_home):
+    """Tables built twice into one cache: (first tables, first timer, second tables, second timer)."""
+    cache_dir = os.path.join(cache_home, "yoloslim", "latency")
+    first_timer, second_timer = RuntimeTimer(RUNTIME, 1), RuntimeTimer(RUNTIME, 1)
+    first = build_tables(tiny, RUNTIME, None, SIZE, 1, first_timer, LatencyCache(RUNTIME, 1, cache_dir), False)
+    second = build_tables(tiny, RUNTIME, None, SIZE, 1, second_timer, LatencyCache(RUNTIME, 1, cache_dir), False)
+    return first, first_timer, second, second_timer
+
+
+def test_a_second_build_reads_every_point_from_the_cache(built, cache_home):
+    first, first_timer, second, second_timer = built
+    assert first_timer.calls > 1 and first.measured > 0
+    assert second_timer.calls == 0 and second.measured == 0
+    assert second.predict({}) == pytest.approx(first.predict({}))
+    files = os.listdir(os.path.join(cache_home, "yoloslim", "latency"))
+    assert len(files) == 1 and "opencv" in files[0] and files[0].endswith("-t1.json")
+
+
+def test_the_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert LatencyCache(RUNTIME, 3).path.startswith(str(tmp_path / "yoloslim" / "latency"))
+
+
+def test_tables_cover_every_conv_and_sum_to_the_measured_model(tiny, built):
+    tables = built[0]
+    assert tables.predict({}) == pytest.approx(tables.whole_ms)
+    assert sorted(tables.tables) == [i for i, k in enumerate(tiny.kinds) if k.has_weights]
+    shape, cin, cout = tables.shapes[0]
+    assert (shape.in_h, cin, cout) == (SIZE, 3, 16) and tables.tables[0].ins == [3]
+
+
+def test_interpolation_is_monotone_between_and_beyond_the_grid(built):
+    noisy = LayerTable([8, 16, 32], [8, 32], [[1.0, 3.0], [0.5, 4.0], [2.0, 9.0]])   # (16, 8) dips: noise
+    assert noisy.ms[1][0] == 1.0 and noisy(16, 8) == 1.0 and noisy(32, 32) == 9.0
+    for table in list(built[0].tables.values()) + [noisy]:
+        cins = range(1, max(table.ins) + 1, max(1, max(table.ins) // 40))
+        couts = range(1, max(table.outs) + 1, max(1, max(table.outs) // 40))
+        grid = [[table(i, o) for o in couts] for i in cins]
+        assert all(a <= b + 1e-12 for row in grid for a, b in zip(row, row[1:]))
+        assert all(a <= b + 1e-12 for col in zip(*grid) for a, b in zip(col, col[1:]))
+        assert min(min(row) for row in grid) >= 0
+
+
+def test_grid_counts_are_multiples_of_eight_and_the_width():
+    assert grid_counts(256) == [8, 64, 128, 256]
+    assert grid_counts(255) == [8, 64, 128, 255]
+    assert grid_counts(8) == [4, 8] and grid_counts(3) == [1, 3]
+
+
+def planner_for(model, tables, multiple=1, policy="tiny", layer_keep=0.05):
+    return BudgetPlanner(model, POLICIES[policy], layer_keep=layer_keep, multiple=multiple, img_size=SIZE,
+                         tables=tables)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_budget_search_removes_less_importance_than_a_ratio_at_the_same_latency(tiny, built, ratio):
+    tables = built[0]
+    planner = planner_for(tiny, tables)
+    _, gamma_plans = prune(tiny, POLICIES["tiny"], ratio, 0.05)
+    gamma = planner.kept_of(gamma_plans[0])
+    target = planner.cost(gamma, "ms")
+    kept, _ = planner.search({"ms": target})
+    assert planner.cost(kept, "ms") <= target
+    assert planner.removed_importance(kept) < planner.removed_importance(gamma)
+
+
+def test_plan_to_budget_meets_the_predicted_budget_with_the_engines_masks(tiny, built, cache_home, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", cache_home)
+    tables = built[0]
+    timer = RuntimeTimer(RUNTIME, 1)
+    target = 0.7 * tables.predict({})
+    compact, plans, report = plan_to_budget(tiny, POLICIES["tiny"], RUNTIME, SIZE, 1, target_ms=target,
+                                            timer=timer, progress=False)
+    assert timer.calls == 0 and report.measured_points == 0          # every table from the cache
+    assert report.predicted_ms <= target < report.original_ms == pytest.approx(tables.predict({}))
+    assert 0 < report.removed_importance < report.total_importance
+    (plan,) = plans
+    assert {c: int(m.sum()) for c, m in plan.masks.items() if not m.all()} == report.kept
+    for conv, mask in plan.masks.items():    # each layer keeps its strongest channels by |gamma|
+        gamma = tiny.gamma(conv).detach().abs()
+        if not mask.all():
+            assert gamma[mask].min() >= gamma[~mask].max()
+    assert relative_difference(compact, zeroed_reference(tiny, plan)) < 1e-6
+
+
+def test_counts_round_to_the_multiple_and_respect_layer_keep(tiny, built):
+    planner = planner_for(tiny, built[0], multiple=8, layer_keep=0.2)
+    kept, _ = planner.search({"ms": 0.6 * built[0].predict({})})
+    for k, unit in enumerate(planner.units):
+        assert kept[k] == unit.width or kept[k] % 8 == 0
+        assert kept[k] >= math.ceil(0.2 * unit.width)
+
+
+def test_policy_rounding_sets_the_ladder(tiny):
+    planner = BudgetPlanner(tiny, POLICIES["tiny"], img_size=SIZE)
+    unit, scores = planner.units[3], planner.scores[3]
+    pow2 = ladder(unit, scores, Policy("p", rounding=PowerOfTwo()), 8, 0.05)
+    assert all(n & (n - 1) == 0 for n in pow2.counts) and pow2.counts[0] == unit.width
+    x8 = ladder(unit, scores, POLICIES["tiny"], 8, 0.05)
+    assert x8.counts == sorted({unit.width, *range(8, unit.width, 8)}, reverse=True)
+    assert x8.kept_score[0] == pytest.approx(float(scores.sum()))
+    assert all(a >= b for a, b in zip(x8.kept_score, x8.kept_score[1:]))
+
+
+def test_flops_budget_shares_shortcut_masks_and_stays_exact():
+    model = randomize_weights(Darknet(cfg_path("yolov3-narrow"), img_size=SIZE), seed=2).eval()
+    compact, plans, report = plan_to_budget(model, POLICIES["shortcut"], None, SIZE, 1, target_flops=0.5)
+    assert report.predicted_ms is None and report.predicted["flops"] <= report.target["flops"]
+    assert count_flops(compact, SIZE) == pytest.approx(report.predicted["flops"], rel=1e-6)
+    (plan,) = plans
+    planner = BudgetPlanner(model, POLICIES["shortcut"], img_size=SIZE)
+    shared = [u for u in planner.units if len(u.convs) > 1]
+    assert shared and any(not plan.masks[u.convs[0]].all() for u in shared)
+    for unit in shared:
+        assert all(torch.equal(plan.masks[c], plan.masks[unit.convs[0]]) for c in unit.convs)
+    assert relative_difference(compact, zeroed_reference(model, plan)) < 1e-6
+
+
+def test_grouped_routes_keep_equal_halves_under_a_budget():
+    model = randomize_weights(Darknet(cfg_path("yolov4-tiny"), img_size=SIZE), seed=4).eval()
+    compact, plans, report = plan_to_budget(model, POLICIES["tiny"], None, SIZE, 1, target_params=0.5)
+    planner = BudgetPlanner(model, POLICIES["tiny"], img_size=SIZE)
+    split = [u for u in planner.units if u.split > 1]
+    assert split
+    for unit in split:
+        mask = plans[0].masks[unit.convs[0]]
+        half = mask.numel() // 2
+        assert int(mask[:half].sum()) == int(mask[half:].sum())
+    assert relative_difference(compact, zeroed_reference(model, plans[0])) < 1e-6
+
+
+def test_a_budget_below_what_the_floor_allows_is_refused(tiny, built):
+    planner = planner_for(tiny, built[0], layer_keep=0.5)
+    with pytest.raises(PruneError, match=r"--target-ms 0\.00 ms cannot be met: with every prunable layer at its floor"):
+        planner.search({"ms": 1e-6})
+
+
+def test_kept_counts_naming_an_unprunable_layer_are_refused(tiny):
+    planner = BudgetPlanner(tiny, POLICIES["tiny"], img_size=SIZE)
+    heads = sorted(set(planner.shapes) - set(planner.unit_of))
+    with pytest.raises(PruneError, match="not prunable units"):
+        prune(tiny, POLICIES["tiny"], kept={heads[0]: 8})
+    assert unit_key(planner.units[0]) == planner.units[0].convs[0]
+
+
+# ----------------------------------------------------------------------------- the scripts
+def run_script(script, *flags, cwd, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], capture_output=True, text=True,
+                          cwd=cwd, timeout=HANG_LIMIT, env=env)
+
+
+def test_prune_script_to_a_latency_budget(tiny_pair, tiny, built, cache_home, tmp_path):
+    """The run reads the tables from the cache the fixture filled, plans, writes, times the two
+    models interleaved and says whether the budget was met (on this machine: either)."""
+    target = round(0.75 * built[0].predict({}), 3)
+    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
+    proc = run_script("prune_tiny.py", "--cfg", tiny_pair[0], "--weights", tiny_pair[1], "--target-ms", str(target),
+                      "--runtime", RUNTIME, "--threads", "1", "--latency-runs", "3", "--out", str(tmp_path / "out"),
+                      cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "latency tables: all from the cache" in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(("budget met:", "budget missed by")))
+    assert re.search(rf"predicted [\d.]+ ms, measured [\d.]+ ms, target {target:g} ms on opencv", line), line
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["budget"]["predicted_ms"] <= target and summary["budget"]["measured_ms"] > 0
+    assert summary["after"]["params"] < summary["before"]["params"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-ms", "0", "--runtime", RUNTIME], r"argument --target-ms: 0 is out of range"),
+    (["--target-ms", "5"], r"--target-ms needs the runtime the budget is in: pass --runtime"),
+    (["--target-ms", "5", "--runtime", "tensorrt"], r"unknown runtime 'tensorrt'"),
+    (["--target-ms", "5", "--runtime", "opencv,onnxruntime"], r"--runtime names 2"),
+    (["--target-ms", "5", "--runtime", RUNTIME, "--percent", "0.3"], r"--percent 0\.3 fixes the ratio but --target-ms"),
+    (["--target-ms", "5", "--runtime", RUNTIME, "--max-drop", "0.02"], r"--target-ms and --max-drop are alternative"),
+])
+def test_bad_budget_flags_are_one_error_line(tiny_pair, tmp_path, flags, message):
+    proc = run_script("normal_prune.py", "--cfg", tiny_pair[0], "--weights", tiny_pair[1], *flags,
+                      "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+    assert not (tmp_path / "out").exists()
