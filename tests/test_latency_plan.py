@@ -16,7 +16,7 @@ import torch
 
 from conftest import HANG_LIMIT, ROOT, cfg_path
 from test_prune import relative_difference
-from yoloslim.darknet.cfg import parse_model_cfg, write_model_cfg
+from yoloslim.darknet.cfg import parse_cfg_text, parse_model_cfg, write_model_cfg
 from yoloslim.darknet.load import load_model
 from yoloslim.darknet.model import Darknet
 from yoloslim.deploy.layer_latency import LatencyCache, LayerTable, RuntimeTimer, build_tables, grid_counts
@@ -155,8 +155,23 @@ def test_policy_rounding_sets_the_ladder(tiny):
     assert all(a >= b for a, b in zip(x8.kept_score, x8.kept_score[1:]))
 
 
+def _conv(filters, size=3, stride=1):
+    return (f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\n"
+            f"activation=leaky\n")
+
+
+def _block(filters):
+    return _conv(filters // 2, size=1) + _conv(filters) + "[shortcut]\nfrom=-3\nactivation=linear\n"
+
+
+# a small residual model: stride-2 convs feeding shortcut groups, as in yolov3
+RESIDUAL = (f"[net]\nwidth={SIZE}\nheight={SIZE}\nchannels=3\n" + _conv(16) + _conv(32, stride=2) + _block(32)
+            + _block(32) + _conv(64, stride=2) + _block(64) + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n"
+            "[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses=2\nnum=3\n")
+
+
 def test_flops_budget_shares_shortcut_masks_and_stays_exact():
-    model = randomize_weights(Darknet(cfg_path("yolov3-narrow"), img_size=SIZE), seed=2).eval()
+    model = randomize_weights(Darknet(parse_cfg_text(RESIDUAL)), seed=2).eval()
     compact, plans, report = plan_to_budget(model, POLICIES["shortcut"], None, SIZE, 1, target_flops=0.5)
     assert report.predicted_ms is None and report.predicted["flops"] <= report.target["flops"]
     assert count_flops(compact, SIZE) == pytest.approx(report.predicted["flops"], rel=1e-6)
@@ -166,6 +181,8 @@ def test_flops_budget_shares_shortcut_masks_and_stays_exact():
     assert shared and any(not plan.masks[u.convs[0]].all() for u in shared)
     for unit in shared:
         assert all(torch.equal(plan.masks[c], plan.masks[unit.convs[0]]) for c in unit.convs)
+    strided = [c for c, d in enumerate(model.module_defs) if d["type"] == "convolutional" and d.get("stride", 1) == 2]
+    assert strided and all(c in plan.masks for c in strided)     # downsampling convs are prunable units too
     assert relative_difference(compact, zeroed_reference(model, plan)) < 1e-6
 
 

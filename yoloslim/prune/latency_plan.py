@@ -145,8 +145,8 @@ class BudgetPlanner:
         # units whose step costs change when unit k steps: they share a conv
         self.neighbours = [[j for j in range(len(self.units)) if set(self.affected[j]) & set(self.affected[k])]
                            for k in range(len(self.units))]
-        self.constants = {"flops": float(count_flops(model, img_size)) - self._sum("flops", self.widths({})),
-                          "params": float(count_params(model)) - self._sum("params", self.widths({}))}
+        self.full = {"flops": float(count_flops(model, img_size)), "params": float(count_params(model))}
+        self.constants = {b: v - self._sum(b, self.widths({})) for b, v in self.full.items()}
 
     # --- widths and costs
     def widths(self, kept):
@@ -302,26 +302,25 @@ def plan_to_budget(model, policy, runtime, img_size, threads, target_ms=None, ta
     if n_blocks:
         model, plans = prune(model, policy, None, None, n_blocks, graph=graph)
         graph = None
-    tables = original_tables = None
+    planner = BudgetPlanner(model, policy, graph, layer_keep, multiple, size)
+    original_tables = None
     if target_ms is not None:
         timer = timer or RuntimeTimer(runtime, threads)
         cache = cache or LatencyCache(runtime, threads)
-        planner_probe = BudgetPlanner(model, policy, graph, layer_keep, multiple, size)
-        grids = table_grids(planner_probe)
-        tables = build_tables(model, runtime, grids, size, threads, timer, cache, progress)
-        original_tables = tables if not n_blocks else build_tables(original, runtime, None, size, threads, timer,
-                                                                   cache, progress)
-    planner = BudgetPlanner(model, policy, graph, layer_keep, multiple, size, tables)
+        planner.tables = build_tables(model, runtime, table_grids(planner), size, threads, timer, cache, progress)
+        original_tables = planner.tables if not n_blocks else build_tables(original, runtime, None, size, threads,
+                                                                           timer, cache, progress)
     goals, before = _goals(planner, original, original_tables, size, target_ms, target_flops, target_params)
     kept, steps = planner.search(goals)
     by_key = {unit_key(planner.units[k]): n for k, n in kept.items() if n < planner.units[k].width}
     compact, channel_plans = prune(model, policy, graph=planner.graph, kept=by_key)
+    measured = sum(t.measured for t in {id(t): t for t in (planner.tables, original_tables) if t}.values())
     report = BudgetReport(
-        predicted_ms=planner.cost(kept, "ms") if tables else None,
+        predicted_ms=planner.cost(kept, "ms") if planner.tables else None,
         original_ms=before.get("ms"), target=goals, removed_importance=planner.removed_importance(kept),
         total_importance=planner.total_importance(), predicted={b: planner.cost(kept, b) for b in goals},
         original=before, kept=by_key, runtime=runtime, threads=threads, img_size=size, multiple=multiple,
-        steps=steps, measured_points=sum(t.measured for t in {id(t): t for t in (tables, original_tables) if t}.values()))
+        steps=steps, measured_points=measured)
     return compact, plans + channel_plans, report
 
 
@@ -341,10 +340,10 @@ def _goals(planner, original, original_tables, size, target_ms, target_flops, ta
     goals, before = {}, {}
     if target_ms is not None:
         goals["ms"], before["ms"] = float(target_ms), original_tables.predict({})
-    if target_flops is not None:
-        before["flops"] = float(count_flops(original, size))
-        goals["flops"] = resolve_goal(target_flops, before["flops"])
-    if target_params is not None:
-        before["params"] = float(count_params(original))
-        goals["params"] = resolve_goal(target_params, before["params"])
+    full = planner.full if original is planner.model else {"flops": float(count_flops(original, size)),
+                                                             "params": float(count_params(original))}
+    for budget, value in (("flops", target_flops), ("params", target_params)):
+        if value is not None:
+            before[budget] = full[budget]
+            goals[budget] = resolve_goal(value, full[budget])
     return goals, before
