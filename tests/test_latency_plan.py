@@ -19,7 +19,8 @@ from test_prune import relative_difference
 from yoloslim.darknet.cfg import parse_cfg_text, parse_model_cfg, write_model_cfg
 from yoloslim.darknet.load import load_model
 from yoloslim.darknet.model import Darknet
-from yoloslim.deploy.layer_latency import LatencyCache, LayerTable, RuntimeTimer, build_tables, grid_counts
+from yoloslim.deploy.layer_latency import (ConvShape, LatencyCache, LayerTable, RuntimeTimer, _cliffs, _layer_table,
+                                           build_tables, grid_counts)
 from yoloslim.deploy.measure import count_flops, randomize_weights
 from yoloslim.errors import PruneError
 from yoloslim.prune.engine import POLICIES, PowerOfTwo, Policy, prune, unit_key, zeroed_reference
@@ -92,6 +93,31 @@ def test_interpolation_is_monotone_between_and_beyond_the_grid(built):
         assert all(a <= b + 1e-12 for row in grid for a, b in zip(row, row[1:]))
         assert all(a <= b + 1e-12 for col in zip(*grid) for a, b in zip(col, col[1:]))
         assert min(min(row) for row in grid) >= 0
+
+
+class CliffTimer:
+    """A runtime whose 3x3 kernel is 8 times slower per FLOP once in x out reaches 2^15 (as OpenCV
+    leaves its Winograd path on the machine these tables were first measured on)."""
+    calls = 0
+
+    def layer(self, shape, points):
+        self.calls += 1
+        return {(i, o): i * o * (8.0 if i * o >= 1 << 15 else 1.0) * 1e-4 for i, o in points}
+
+
+def test_the_grid_is_refined_where_the_runtime_has_a_cliff(tmp_path):
+    shape = ConvShape(3, 1, 1, True, "leaky", 26, 26, 26, 26)
+    cache = LatencyCache(RUNTIME, 1, str(tmp_path))
+    ins, outs = grid_counts(256), grid_counts(256)
+    full = 256 * 256 * 8 * 1e-4
+    table = _layer_table(CliffTimer(), cache, {}, shape, ins, outs, (256, 256), full)
+    assert len(table.ins) > len(ins) or len(table.outs) > len(outs)
+    below = (100, 256)            # 25600 < 2^15: on the fast path
+    coarse = LayerTable(ins, outs, [[i * o * (8.0 if i * o >= 1 << 15 else 1.0) * 1e-4 for o in outs] for i in ins])
+    truth = below[0] * below[1] * 1e-4
+    assert abs(table(*below) - truth) < abs(coarse(*below) - truth) / 2
+    smooth = {(i, o): i * o * 1e-4 for i in ins for o in outs}
+    assert _cliffs(ins, outs, smooth) == (set(), set())     # growth with the FLOPs is no cliff
 
 
 def test_grid_counts_are_multiples_of_eight_and_the_width():

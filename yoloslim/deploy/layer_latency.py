@@ -7,7 +7,9 @@ Each conv (conv + BN + activation) is timed as a one-layer network at the input 
 stride and kernel it has in the model, at a small grid of (in, out) counts: the grid points of
 one layer run interleaved, so a change in the machine's load falls on all of them alike. Between
 grid points the table interpolates bilinearly (below the grid, in proportion to the count); FLOPs are bilinear in (in, out), so what remains
-is the runtime's efficiency changing with the counts.
+is the runtime's efficiency changing with the counts. Where the time grows much faster than the
+FLOPs across a grid step (a change of kernel: OpenCV's 3x3 convs leave the Winograd path past
+some in x out) the step is halved, up to twice, so the cliff is placed where it is.
 
 The grids of different layers are measured at different moments, so on a shared machine their
 levels need not agree. One calibration set fixes that: the whole model, every conv at its full
@@ -42,6 +44,8 @@ from yoloslim.io import atomic_write
 TABLE_RUNS = 7          # timed calls per grid point: the median of an interleaved set
 TABLE_WARMUP = 3
 LOW_QUANTILE = 0.2
+REFINE_ROUNDS = 2      # at most this many halvings of a grid step around a cliff
+CLIFF = 2.0            # time growing this much faster than the FLOPs over a grid step marks a cliff
 GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples of 8, plus the floor of 8
 
 
@@ -392,14 +396,38 @@ def _calibration(timer, cache, new, model, size, shapes):
 
 
 def _layer_table(timer, cache, new, shape, ins, outs, full_counts, full_ms):
-    """One conv's table: its grid as measured together, scaled to its calibrated full-count time."""
-    points = [(i, o) for i in ins for o in outs]
-    missing = [p for p in points if shape.key(*p) not in cache.points and shape.key(*p) not in new]
-    if missing:
-        new.update({shape.key(*p): ms for p, ms in timer.layer(shape, missing).items()})
-    known = {k: new.get(shape.key(*k), cache.points.get(shape.key(*k))) for k in points}
+    """One conv's table: its grid as measured together (refined where the runtime has a cliff),
+    scaled to its calibrated full-count time."""
+    for refinement in range(REFINE_ROUNDS + 1):
+        points = [(i, o) for i in ins for o in outs]
+        missing = [p for p in points if shape.key(*p) not in cache.points and shape.key(*p) not in new]
+        if missing:
+            new.update({shape.key(*p): ms for p, ms in timer.layer(shape, missing).items()})
+        known = {k: new.get(shape.key(*k), cache.points.get(shape.key(*k))) for k in points}
+        finer_ins, finer_outs = _cliffs(ins, outs, known) if refinement < REFINE_ROUNDS else (set(), set())
+        if not finer_ins and not finer_outs:
+            break
+        ins, outs = sorted(set(ins) | finer_ins), sorted(set(outs) | finer_outs)
     scale = max(0.0, full_ms) / known[full_counts] if known[full_counts] > 0 else 1.0
     return LayerTable(ins, outs, [[known[(i, o)] * scale for o in outs] for i in ins])
+
+
+def _cliffs(ins, outs, known):
+    """Midpoints (multiples of 8) of grid steps where the time grows much faster than the FLOPs: a
+    change of kernel (OpenCV leaves its Winograd path once in x out passes a size), which bilinear
+    interpolation across the step would smear over counts that stay below it."""
+    def split(axis, value):
+        found = set()
+        for a, b in zip(axis, axis[1:]):
+            mid = 8 * round((a + b) / 16)
+            if a < mid < b and any(value(b, other) > CLIFF * (b / a) * value(a, other) for other in _other(axis)):
+                found.add(mid)
+        return found
+
+    def _other(axis):
+        return outs if axis is ins else ins
+    return (split(ins, lambda i, o: known[(i, o)]) if len(outs) else set(),
+            split(outs, lambda o, i: known[(i, o)]) if len(ins) else set())
 
 
 def _progress(items, enabled, desc):
