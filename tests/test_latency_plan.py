@@ -262,6 +262,15 @@ def test_prune_script_to_a_latency_budget(tiny_pair, tiny, built, cache_home, tm
     assert summary["after"]["params"] < summary["before"]["params"]
 
 
+def test_a_budget_the_unpruned_model_meets_writes_nothing(tiny_pair, built, cache_home, tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
+    proc = run_script("prune_tiny.py", "--cfg", tiny_pair[0], "--weights", tiny_pair[1], "--target-ms", "100000",
+                      "--runtime", RUNTIME, "--threads", "1", "--out", str(tmp_path / "out"), cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout
+    assert "error: --target-ms 100000: the unpruned model already meets it" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--target-ms", "0", "--runtime", RUNTIME], r"argument --target-ms: 0 is out of range"),
     (["--target-ms", "5"], r"--target-ms needs the runtime the budget is in: pass --runtime"),

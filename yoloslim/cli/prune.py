@@ -171,7 +171,12 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
         compact, plans, args.budget_report = run_budget(args, args.budget, model, policy, graph,
                                                         args.img_size or model.img_size[0], n_blocks)
         args.percent = round(removed_share(plans), 4)
-        sparsity_report(model, graph, policy, args.percent)
+        if args.percent == 0 and not n_blocks:
+            raise PruneError(f"--target-ms {args.target_ms:g}: the unpruned model already meets it (predicted "
+                             f"{args.budget_report.original_ms:.2f} ms on {args.budget.runtime}); nothing to prune, "
+                             f"nothing written")
+        if args.percent > 0:
+            sparsity_report(model, graph, policy, args.percent)
     else:
         compact, plans = plan_at_percent(args, model, policy, graph, channels, n_blocks)
     surgery_s = time.perf_counter() - t0

@@ -434,7 +434,7 @@ def _progress(items, enabled, desc):
     if not enabled:
         return items
     from tqdm import tqdm
-    return tqdm(items, desc=desc, unit="layer", dynamic_ncols=True, leave=False)
+    return tqdm(items, desc=desc, unit="layer", dynamic_ncols=True, leave=False, disable=None)  # a terminal only
 
 
 def _hw(size):
