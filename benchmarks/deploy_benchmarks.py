@@ -29,6 +29,7 @@ from yoloslim.io import atomic_write  # noqa: E402
 
 MODEL_NAMES = ("tiny", "narrow", "yolov3")
 RESULTS = "deploy_results.json"
+FULL_RUNS = 10
 
 
 def parse_args(argv=None):
@@ -45,7 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--runtimes", type=runtime_list, default=[r for r in RUNTIMES if installed(r)],
                    help="comma-separated runtimes (default: every installed one)")
     p.add_argument("--img-size", type=checks.img_size, help="tiny's and narrow's input size (default 416)")
-    p.add_argument("--full-size", type=checks.img_size, help="full yolov3's input size (default 608)")
+    p.add_argument("--full-size", type=checks.img_size, help="full yolov3's input size (default 608; --quick 320)")
+    p.add_argument("--full-runs", type=checks.number(int, lo=1, hi=10000),
+                   help="timed runs of full yolov3's models (default 10: a round of its seven models takes about "
+                        "10 s on one thread; --quick: --runs)")
     p.add_argument("--narrow-epochs", type=checks.positive_int,
                    help="the narrow model's training epochs (default: the cached 60-epoch stage if --train-cache "
                         "holds it, else 30)")
@@ -72,6 +76,8 @@ def parse_args(argv=None):
                                     os.path.join("benchmarks", "results"))
     args.runs = args.runs or (2 if args.quick else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    args.full_size = args.full_size or (320 if args.quick else 608)
+    args.full_runs = args.full_runs or (args.runs if args.quick else min(args.runs, FULL_RUNS))
     args.planner_runtime = args.planner_runtime[0]
     return args
 
@@ -155,7 +161,7 @@ def main(argv=None):
     results = {"command": " ".join(["python", "benchmarks/deploy_benchmarks.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)]),
                "machine": machine(), "versions": versions(args.runtimes), "runtimes": args.runtimes,
-               "threads": args.threads, "runs": args.runs, "warmup": args.warmup, "quick": args.quick,
+               "threads": args.threads, "runs": args.runs, "full_runs": args.full_runs, "warmup": args.warmup, "quick": args.quick,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {},
                "second_edition_dir": os.path.join("benchmarks", "results")}
     measure_all(args, results, load)

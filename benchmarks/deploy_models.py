@@ -42,6 +42,7 @@ class Subject:
     methods: list
     origin: str                      # a sentence for the report: where the weights came from
     synthetic: bool = False          # masks from shrunk random gammas: speed only
+    runs: int = None                 # timed runs, where not --runs (full yolov3: --full-runs)
     extra: dict = field(default_factory=dict)
 
 
@@ -92,12 +93,12 @@ def narrow_subject(args):
     model = model_from_checkpoint(trained.checkpoint).eval()
     model.img_size = (size, size)
     how = "reused from the cache" if record["cached"] else f"trained in this run ({record['wall_min']:.1f} min)"
-    short = (f"; a shortened recipe: {record['epochs']} epochs instead of the second edition's "
-             f"{record['full_epochs']}" if record["epochs"] != record["full_epochs"] else "")
+    recipe = ("the second edition's stage" if record["epochs"] == record["full_epochs"] else
+              f"a shortened recipe: {record['epochs']} epoch(s) instead of the second edition's {record['full_epochs']}")
     return Subject("narrow", "narrow residual yolov3 (cfg/yolov3-narrow.cfg)", size, model, MODELS["narrow"].methods,
                    f"sparsity-trained from scratch on the synthetic set at {TRAIN_SIZE} px, L1 s={record['s']} on its "
-                   f"prunable BN gammas for {record['epochs']} epochs (the second edition's stage, {how}; "
-                   f"{record['train_minutes']:.1f} min of training by its own record{short})",
+                   f"prunable BN gammas ({recipe}, {how}; "
+                   f"{record['train_minutes']:.1f} min of training by its own record)",
                    extra={"training": record, "val_images": val_images(data)})
 
 
@@ -117,12 +118,13 @@ def shrink_gammas(model, share=FULL_SHRINK, factor=SHRINK_FACTOR, seed=0):
 def full_subject(args):
     from yoloslim.darknet.load import load_model
     from yoloslim.deploy.measure import randomize_weights
-    size = args.full_size or 608
+    size = args.full_size
     model = shrink_gammas(randomize_weights(load_model(os.path.join(args.root, "cfg", "yolov3.cfg"), None, size)))
     return Subject("yolov3", "full yolov3 (cfg/yolov3.cfg)", size, model.eval(), MODELS["narrow"].methods,
                    f"seeded random weights (yoloslim.deploy.measure.randomize_weights), then the gammas of a random "
                    f"{FULL_SHRINK:.0%} of each prunable layer's channels multiplied by {SHRINK_FACTOR:g} to stand in "
-                   f"for sparsity training. **Its masks are synthetic: only its speed is measured**", synthetic=True)
+                   f"for sparsity training. **Its masks are synthetic: only its speed is measured**", synthetic=True,
+                   runs=args.full_runs)
 
 
 SUBJECTS = {"tiny": tiny_subject, "narrow": narrow_subject, "yolov3": full_subject}
@@ -146,6 +148,10 @@ def deployable(model, folder, name, img_size):
     onnx = os.path.join(folder, f"{name}.onnx")
     export_onnx(model, onnx, img_size)
     return Deployable(model=model, cfg=cfg, weights=weights, onnx=onnx)
+
+
+def runs_of(args, subject):
+    return subject.runs or args.runs
 
 
 def timing_dict(t):
@@ -188,7 +194,7 @@ def time_rows(args, subject, original, pruned, base, rows):
     for runtime in args.runtimes:
         models = {"original": original, **pruned}
         t0 = time.time()
-        timed = compare(models, runtime, subject.img_size, args.threads, args.runs, args.warmup)
+        timed = compare(models, runtime, subject.img_size, args.threads, runs_of(args, subject), args.warmup)
         base["timing"][runtime] = timing_dict(timed["original"])
         for row in rows:
             if "slug" in row:
@@ -264,7 +270,7 @@ def int8_rows(args, subject, original, pruned, calib, judge, n_photos):
         else "mirrored and cropped variants of the photos (held out from calibration)"}, "timing": {}}
     for runtime in [r for r in args.runtimes if r in INT8_RUNTIMES]:
         timed = compare({"original": Deployable(onnx=original.onnx), "pruned": Deployable(onnx=float_pruned.onnx),
-                         "pruned int8": Deployable(onnx=int8)}, runtime, subject.img_size, args.threads, args.runs,
+                         "pruned int8": Deployable(onnx=int8)}, runtime, subject.img_size, args.threads, runs_of(args, subject),
                         args.warmup)
         out["timing"][runtime] = {k: timing_dict(v) for k, v in timed.items()}
         print(f"[{subject.name}] int8 {runtime}: " + ", ".join(f"{k} {v.median:.2f} ms" for k, v in timed.items()),
@@ -302,7 +308,7 @@ def planner_rows(args, subject, result, original, pruned):
     aware = deployable(compact, os.path.join(args.work, subject.name, "latency-aware"), "latency_aware",
                        subject.img_size)
     timed = compare({"original": original, "gamma-only": pruned[row["slug"]], "latency-aware": aware}, runtime,
-                    subject.img_size, args.threads, args.runs, args.warmup)
+                    subject.img_size, args.threads, runs_of(args, subject), args.warmup)
     flops0 = result["original"]["GFLOPs"] * 1e9
     return {"model": subject.name, "method": method.name, "runtime": runtime, "target_ms": target,
             "plan_s": plan_s, "budget": {k: getattr(budget, k, None) for k in
@@ -412,7 +418,7 @@ def profile_rows(args, subject, original, pruned, result):
         return None
     compact = pruned[slug].model
     timed = opencv_profile({"original": (original.cfg, original.weights), "pruned": (pruned[slug].cfg,
-                            pruned[slug].weights)}, subject.img_size, args.threads, args.runs, args.warmup)
+                            pruned[slug].weights)}, subject.img_size, args.threads, runs_of(args, subject), args.warmup)
     kinds = {"original": layer_kinds(subject.model, subject.img_size),
              "pruned": layer_kinds(compact, subject.img_size)}
     flops = {"original": layer_flops(subject.model, subject.img_size), "pruned": layer_flops(compact, subject.img_size)}

@@ -246,8 +246,10 @@ def explanation(prof):
 # ----------------------------------------------------------------------------- the whole report
 def how_measured(results):
     return (f"Machine: {results['machine']}; {results['versions']}. Every timing: batch 1, "
-            f"**{results['threads']} thread** set in each runtime, median of {results['runs']} timed runs after "
-            f"{results['warmup']} warm-up, each pruned model interleaved run by run with its original in one process "
+            f"**{results['threads']} thread** set in each runtime, median of {results['runs']} timed runs "
+            + (f"({results['full_runs']} for full yolov3) " if "yolov3" in results["models"]
+               and results.get("full_runs", results["runs"]) != results["runs"] else "")
+            + f"after {results['warmup']} warm-up, each pruned model interleaved run by run with its original in one process "
             f"(`yoloslim/deploy/latency.py`, `compare`), p10-p90 in brackets. FLOPs count a multiply-add as 2 "
             f"(Darknet's count). 1-minute load average during the run: {results['load'][0]:.1f} to "
             f"{results['load'][1]:.1f}.")

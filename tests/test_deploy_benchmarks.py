@@ -1,6 +1,7 @@
 """benchmarks/deploy_benchmarks.py (BENCHMARKS.md's third edition) as a user runs it: the report
 rendered from a results dict, bad command lines, and the --quick smoke run on yolov3-tiny.
 No assertion here depends on a timing."""
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -175,3 +176,61 @@ def test_quick_run_writes_the_report_and_results_under_its_work_folder(coco_tiny
                            timeout=HANG_LIMIT, env=ENV)
     assert again.returncode == 0, again.stderr
     assert (work / "again.md").read_text() == report          # the report is a function of deploy_results.json
+
+
+@pytest.fixture
+def tiny_subject(tmp_path):
+    """yolov3-tiny with seeded random weights at 64 px: the measuring code's path in seconds."""
+    import deploy_models
+    from bench_models import MODELS
+    from yoloslim.darknet.load import load_model
+    from yoloslim.deploy.measure import randomize_weights
+    model = randomize_weights(load_model(os.path.join(ROOT, "cfg", "yolov3-tiny.cfg"), None, 64)).eval()
+    subject = deploy_models.Subject("tiny", "yolov3-tiny", 64, model, MODELS["tiny"].methods[:1], "random")
+    args = argparse.Namespace(work=str(tmp_path), runtimes=["torch", "opencv"], threads=1, runs=1, warmup=0,
+                              planner_runtime="torch")
+    return subject, args
+
+
+def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_subject, monkeypatch):
+    """The section's own code with a stand-in planner (the real one lives on branch planner): the
+    budget passed is the gamma-only row's measured median, and both plans are counted alike."""
+    import deploy_models
+    from yoloslim.prune.engine import prune
+    subject, args = tiny_subject
+    asked = {}
+
+    def plan_to_budget(model, policy, runtime, img_size, threads, target_ms=None, layer_keep=0.05, **more):
+        asked.update(runtime=runtime, img_size=img_size, target_ms=target_ms, policy=policy.name)
+        compact, plans = prune(model, policy, 0.2, layer_keep)
+        return compact, plans, argparse.Namespace(predicted_ms=target_ms, original_ms=1.0, target=target_ms,
+                                                  removed_importance=0.5)
+
+    monkeypatch.setattr(deploy_models, "planner_module", lambda: argparse.Namespace(plan_to_budget=plan_to_budget))
+    result, original, pruned = deploy_models.measure_subject(args, subject)
+    row, = result["rows"]
+    assert set(row["timing"]) == {"torch", "opencv"} and row["flop_cut"] > 1
+    found = deploy_models.planner_rows(args, subject, result, original, pruned)
+    assert asked == {"runtime": "torch", "img_size": 64, "target_ms": row["timing"]["torch"]["pruned"]["median"],
+                     "policy": "tiny"}
+    assert found["gamma-only"]["removed_importance"] == row["removed_importance"]
+    # the stand-in removes 20 % of the channels where gamma-only removed 35 %: less importance
+    assert 0 < found["latency-aware"]["removed_importance"] < found["gamma-only"]["removed_importance"]
+    assert found["budget"]["removed_importance"] == 0.5 and set(found["timing"]) == {"original", "gamma-only",
+                                                                                     "latency-aware"}
+    assert "| tiny | PyTorch |" in deploy_report.planner_section({"planner": [found]})[-2]
+
+
+def test_opencv_layer_names_map_to_darknet_layers_and_every_layer_is_profiled(tiny_subject):
+    import deploy_models
+    subject, args = tiny_subject
+    assert [deploy_models.opencv_layer_index(n) for n in ("conv_12", "bn_12", "leaky_13", "permute_16", "x")] \
+        == [12, 12, 12, 16, None]
+    original, _, _, _ = deploy_models.prune_rows(args, subject)
+    layers = deploy_models.opencv_profile({"original": (original.cfg, original.weights)}, 64, 1, 1, 0)["original"]
+    kinds = deploy_models.layer_kinds(subject.model, 64)
+    assert set(kinds) <= set(layers) and all(ms >= 0 for ms in layers.values())
+    assert [k for k, _ in kinds.values()].count("first conv") == 1
+    by_kind, by_res = deploy_models.grouped(layers, kinds)
+    assert sum(by_kind.values()) == pytest.approx(sum(by_res.values())) == pytest.approx(sum(layers.values()))
+    assert "64x64" in by_res and "stride-1 3x3 conv" in by_kind and "1x1 conv" in by_kind
