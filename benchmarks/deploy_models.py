@@ -6,6 +6,7 @@ Every timing is ``yoloslim.deploy.latency.compare``: batch 1, the original and i
 interleaved run by run after warm-up, on ``threads`` threads set in each runtime.
 """
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -242,9 +243,7 @@ def photo_folders(args):
     for folder, chosen in ((calib, paths[:k]), (judge, paths[k:3 * k])):
         os.makedirs(folder, exist_ok=True)
         for p in chosen:
-            target = os.path.join(folder, os.path.basename(p))
-            if not os.path.exists(target):
-                os.link(p, target)
+            shutil.copyfile(p, os.path.join(folder, os.path.basename(p)))
     return calib, judge, k
 
 
