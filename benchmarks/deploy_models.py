@@ -310,14 +310,24 @@ def planner_rows(args, subject, result, original, pruned):
                     subject.img_size, args.threads, runs_of(args, subject), args.warmup)
     flops0 = result["original"]["GFLOPs"] * 1e9
     return {"model": subject.name, "method": method.name, "runtime": runtime, "target_ms": target,
-            "plan_s": plan_s, "budget": {k: getattr(budget, k, None) for k in
-                                         ("predicted_ms", "original_ms", "target", "removed_importance")},
+            "plan_s": plan_s, "budget": budget_fields(budget),
             "timing": {k: timing_dict(v) for k, v in timed.items()},
             "gamma-only": {"params": row["params"], "GFLOPs": row["GFLOPs"], "flop_cut": row["flop_cut"],
                            "removed_importance": row["removed_importance"]},
             "latency-aware": {"params": count_params(compact), "GFLOPs": count_flops(compact, subject.img_size) / 1e9,
                               "flop_cut": flops0 / count_flops(compact, subject.img_size),
                               "removed_importance": removed_importance(subject.model, plans)}}
+
+
+def budget_fields(budget):
+    """The planner's BudgetReport as JSON: its predictions, and the share of importance it says it
+    removed (its own count: per unit, where ours is per conv)."""
+    fields = {k: getattr(budget, k, None) for k in ("predicted_ms", "original_ms", "target", "removed_importance",
+                                                    "total_importance", "measured_points")}
+    total = fields["total_importance"]
+    fields["removed_share"] = fields["removed_importance"] / total if total and fields["removed_importance"] is not None \
+        else None
+    return fields
 
 
 # ----------------------------------------------------------------------------- per-layer profile

@@ -162,8 +162,9 @@ def planner_section(results):
     lines += ["The budget is the gamma-only prune's measured median ms on the runtime named; "
               "`yoloslim.prune.latency_plan.plan_to_budget(model, policy, runtime, size, threads, target_ms=...)` "
               "plans to it; both pruned models are then timed interleaved with the original. Importance removed: "
-              "the share of the prunable channels' |gamma| each plan removed, counted the same way for both "
-              "(the planner's own figure beside it).", ""]
+              "the share of the prunable channels' |gamma| each plan removed, summed over every conv of its "
+              "plan, counted the same way for both (the planner's own share, per unit, and its predicted ms beside "
+              "it).", ""]
     header = ["model", "runtime", "budget ms", "plan", "params", "GFLOPs", "importance removed",
               "measured ms (p10-p90)", "speed-up"]
     table = []
@@ -174,8 +175,10 @@ def planner_section(results):
         for plan in ("gamma-only", "latency-aware"):
             d, t = p[plan], p["timing"][plan]
             removed = "-" if d["removed_importance"] is None else f"{d['removed_importance']:.4f}"
-            if plan == "latency-aware" and p["budget"].get("removed_importance") is not None:
-                removed += f" (planner: {p['budget']['removed_importance']:.4g})"
+            if plan == "latency-aware" and p["budget"].get("removed_share") is not None:
+                removed += f" (planner's own count: {p['budget']['removed_share']:.4f})"
+            if plan == "latency-aware" and p["budget"].get("predicted_ms") is not None:
+                removed += f"; predicted {p['budget']['predicted_ms']:.2f} ms"
             table.append([p["model"], rt(p["runtime"]), f"{p['target_ms']:.2f}", f"{plan} ({p['method']})",
                           f"{d['params']:,}", f"{d['GFLOPs']:.3f}", removed, ms_text(t), f"x{base / t['median']:.2f}"])
     return lines + [markdown_table(header, table), ""]

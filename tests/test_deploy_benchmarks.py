@@ -63,7 +63,8 @@ def small_results():
              "agreement": {"score": float("nan"), "images": 20, "reference_boxes": 0, "candidate_boxes": 0, "on": "x"},
              "timing": {"onnxruntime": {"original": timing(10.0), "pruned": timing(6.0), "pruned int8": timing(5.0)}}}]
     planner = [{"model": "narrow", "method": "shortcut", "runtime": "onnxruntime", "target_ms": 2.0, "plan_s": 3.0,
-                "budget": {"predicted_ms": 2.0, "original_ms": 10.0, "target": 2.0, "removed_importance": 0.004},
+                "budget": {"predicted_ms": 1.9, "original_ms": 10.0, "target": {"ms": 2.0}, "removed_importance": 0.4,
+                           "total_importance": 100.0, "removed_share": 0.004},
                 "timing": {"original": timing(10.0), "gamma-only": timing(2.0), "latency-aware": timing(2.1)},
                 "gamma-only": {"params": 100, "GFLOPs": 0.5, "flop_cut": 5.0, "removed_importance": 0.01},
                 "latency-aware": {"params": 150, "GFLOPs": 0.6, "flop_cut": 4.2, "removed_importance": 0.004}}]
@@ -99,7 +100,7 @@ def test_the_report_judges_the_goals_and_explains_the_profile(tmp_path):
     assert "| shortcut 0.87 + 0 blocks |" not in text and "| shortcut 0.87 |" in text
     assert "layer+channel 0.86 + 2 blocks: not pruned (no blocks to remove)" in text
     assert "| narrow | ONNX Runtime | 10.00 (9.00-11.00) | 6.00 (5.40-6.60) | 5.00 (4.50-5.50) | x1.20 | x2.00 | n/a" in text
-    assert "0.0100 | " in text and "(planner: 0.004)" in text
+    assert "0.0100 | " in text and "(planner's own count: 0.0040); predicted 1.90 ms" in text
     # first conv + stride-2: 6 of 10 ms before, 3 of 4 after; their pruned 3 ms cap the speed-up at x3.33
     assert "60% of the original's time and 75% of the pruned model's" in text and "x3.33" in text
     assert "(results/deploy_profile.png)" in text
@@ -203,8 +204,8 @@ def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_
     def plan_to_budget(model, policy, runtime, img_size, threads, target_ms=None, layer_keep=0.05, **more):
         asked.update(runtime=runtime, img_size=img_size, target_ms=target_ms, policy=policy.name)
         compact, plans = prune(model, policy, 0.2, layer_keep)
-        return compact, plans, argparse.Namespace(predicted_ms=target_ms, original_ms=1.0, target=target_ms,
-                                                  removed_importance=0.5)
+        return compact, plans, argparse.Namespace(predicted_ms=target_ms, original_ms=1.0, target={"ms": target_ms},
+                                                  removed_importance=0.5, total_importance=2.0)
 
     monkeypatch.setattr(deploy_models, "planner_module", lambda: argparse.Namespace(plan_to_budget=plan_to_budget))
     result, original, pruned = deploy_models.measure_subject(args, subject)
@@ -216,7 +217,7 @@ def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_
     assert found["gamma-only"]["removed_importance"] == row["removed_importance"]
     # the stand-in removes 20 % of the channels where gamma-only removed 35 %: less importance
     assert 0 < found["latency-aware"]["removed_importance"] < found["gamma-only"]["removed_importance"]
-    assert found["budget"]["removed_importance"] == 0.5 and set(found["timing"]) == {"original", "gamma-only",
+    assert found["budget"]["removed_share"] == 0.25 and set(found["timing"]) == {"original", "gamma-only",
                                                                                      "latency-aware"}
     assert "| tiny | PyTorch |" in deploy_report.planner_section({"planner": [found]})[-2]
 
