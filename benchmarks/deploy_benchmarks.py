@@ -55,6 +55,9 @@ def parse_args(argv=None):
                         "holds it, else 30)")
     p.add_argument("--no-planner", action="store_true",
                    help="skip the latency-aware rows (they need yoloslim/prune/latency_plan.py)")
+    p.add_argument("--planner-models", nargs="+", choices=MODEL_NAMES, default=["tiny", "narrow"],
+                   help="models whose latency-aware rows are measured (default tiny narrow: the planner's per-layer "
+                        "tables of full yolov3 at 608 px take many minutes to measure on one thread)")
     p.add_argument("--planner-runtime", default="onnxruntime", type=runtime_list,
                    help="the runtime whose measured ms is the planner's budget (default onnxruntime)")
     p.add_argument("--work", type=checks.output_dir,
@@ -122,7 +125,7 @@ def measure_all(args, results, load):
             row = dm.int8_rows(args, subject, original, pruned, *calib)
             if row:
                 results["int8"].append(row)
-        if not args.no_planner:
+        if not args.no_planner and name in args.planner_models:
             row = dm.planner_rows(args, subject, result, original, pruned)
             if row:
                 results["planner"].append(row)
@@ -161,7 +164,7 @@ def main(argv=None):
     results = {"command": " ".join(["python", "benchmarks/deploy_benchmarks.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)]),
                "machine": machine(), "versions": versions(args.runtimes), "runtimes": args.runtimes,
-               "threads": args.threads, "runs": args.runs, "full_runs": args.full_runs, "warmup": args.warmup, "quick": args.quick,
+               "threads": args.threads, "planner_models": args.planner_models, "runs": args.runs, "full_runs": args.full_runs, "warmup": args.warmup, "quick": args.quick,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {},
                "second_edition_dir": os.path.join("benchmarks", "results")}
     measure_all(args, results, load)

@@ -164,7 +164,8 @@ def planner_section(results):
               "plans to it; both pruned models are then timed interleaved with the original. Importance removed: "
               "the share of the prunable channels' |gamma| each plan removed, summed over every conv of its "
               "plan, counted the same way for both (the planner's own share, per unit, and its predicted ms beside "
-              "it).", ""]
+              "it)." + (f" Measured for {', '.join(results['planner_models'])} (`--planner-models`)."
+                     if results.get("planner_models") else ""), ""]
     header = ["model", "runtime", "budget ms", "plan", "params", "GFLOPs", "importance removed",
               "measured ms (p10-p90)", "speed-up"]
     table = []
