@@ -114,6 +114,7 @@ def measure_all(args, results, load):
     calib = dm.photo_folders(args) if int8_ok else None
     if not int8_ok:
         results["int8_note"] = "Not measured: neither ONNX Runtime nor OpenVINO is among --runtimes."
+    results["minutes"] = {}
     results["int8"], results["planner"] = [], "skipped (--no-planner)" if args.no_planner else []
     for name in args.models:
         t0 = time.time()
@@ -121,7 +122,7 @@ def measure_all(args, results, load):
         result, original, pruned = dm.measure_subject(args, subject)
         results["models"][name] = result
         load.append(load_range())
-        if calib and name in ("tiny", "narrow"):
+        if calib and name in dm.INT8_MODELS:
             row = dm.int8_rows(args, subject, original, pruned, *calib)
             if row:
                 results["int8"].append(row)
@@ -132,7 +133,8 @@ def measure_all(args, results, load):
         if name == "narrow":
             results["profile"] = dm.profile_rows(args, subject, original, pruned, result)
         load.append(load_range())
-        print(f"[{name}] done in {(time.time() - t0) / 60:.1f} min", flush=True)
+        results["minutes"][name] = (time.time() - t0) / 60     # what each model costs: for planning a rerun
+        print(f"[{name}] done in {results['minutes'][name]:.1f} min", flush=True)
 
 
 def rewrite_report(args):
