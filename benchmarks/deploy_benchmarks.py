@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--full-runs", type=checks.number(int, lo=1, hi=10000),
                    help="timed runs of full yolov3's models (default 10: a round of its seven models takes about "
                         "10 s on one thread; --quick: --runs)")
+    p.add_argument("--full-shrink", type=checks.number(float, lo=0, hi=1, hi_open=True), default=None,
+                   help="share of each prunable layer's channels whose gamma full yolov3's synthetic masks shrink "
+                        "(default 0.88, the share the narrow model's sparsity training collapsed)")
     p.add_argument("--narrow-epochs", type=checks.positive_int,
                    help="the narrow model's training epochs (default: the cached 60-epoch stage if --train-cache "
                         "holds it, else 30)")
