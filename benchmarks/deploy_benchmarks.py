@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the same relative paths from the same folder are what lets its cached training be reused
 os.chdir(ROOT)
 
-from deploy_report import SECOND_EDITION, write_all  # noqa: E402
+from deploy_report import write_all  # noqa: E402
 from yoloslim.cli import checks  # noqa: E402
 from yoloslim.errors import SlimError, cli_main  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402

@@ -264,7 +264,7 @@ def render(results, figure_rel=FIGURE, second_edition=SECOND_EDITION):
     runtimes = results["runtimes"]
     lines = ["# Benchmarks (third edition: deployment speed)", "",
              f"Written by `{results['command']}` in **{results['wall_min']:.1f} min** (wall time of this invocation, "
-             f"{results['date']}" + (f"; per model, every section included: " + ", ".join(
+             f"{results['date']}" + ("; per model, every section included: " + ", ".join(
                  f"{name} {m:.1f} min" for name, m in results["minutes"].items()) if results.get("minutes") else "")
              + "). " + how_measured(results), ""]
     if results.get("quick"):
