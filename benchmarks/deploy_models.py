@@ -305,8 +305,13 @@ def planner_rows(args, subject, result, original, pruned):
     target = row["timing"][runtime]["pruned"]["median"]
     plan_to_budget = planner_module().plan_to_budget
     t0 = time.time()
-    compact, plans, budget = plan_to_budget(subject.model, POLICIES[method.policy], runtime, subject.img_size,
-                                            args.threads, target_ms=target, layer_keep=method.layer_keep or 0.05)
+    try:
+        compact, plans, budget = plan_to_budget(subject.model, POLICIES[method.policy], runtime, subject.img_size,
+                                                args.threads, target_ms=target, layer_keep=method.layer_keep or 0.05)
+    except SlimError as e:      # a budget the planner says it cannot meet is a result, not the end of the run
+        print(f"[{subject.name}] planner: {e}", flush=True)
+        return {"model": subject.name, "method": method.name, "runtime": runtime, "target_ms": target,
+                "error": str(e)}
     plan_s = time.time() - t0
     compact.img_size = (subject.img_size, subject.img_size)
     aware = deployable(compact, os.path.join(args.work, subject.name, "latency-aware"), "latency_aware",

@@ -110,6 +110,18 @@ def test_the_report_judges_the_goals_and_explains_the_profile(tmp_path):
     assert (figures / "deploy_benchmarks.md").read_text().count("## ") == text.count("## ")
 
 
+def test_a_budget_the_planner_cannot_meet_is_a_row_and_a_missed_goal():
+    results = small_results()
+    results["planner"].append({"model": "tiny", "method": "tiny (= normal)", "runtime": "onnxruntime",
+                               "target_ms": 5.0, "error": "--target-ms 5 ms cannot be met"})
+    verdicts = {goal: (verdict, measured) for goal, verdict, measured in deploy_report.goals(results)}
+    assert verdicts["the planner's plan lands within 10% of the ms budget"] == (
+        "**not met**", "narrow: 2.10 ms for a 2.00 ms budget; tiny: no plan for a 5.00 ms budget")
+    text = deploy_report.render(results)
+    assert "- tiny (tiny (= normal), ONNX Runtime, budget 5.00 ms): the planner made no plan: --target-ms 5 ms" in text
+    assert "| narrow | ONNX Runtime | 2.00 | latency-aware (shortcut) |" in text
+
+
 def test_an_unmeasured_section_says_so():
     results = small_results()
     results.update(planner="skipped (--no-planner)", profile=None, int8=[], int8_note="Not measured: no runtime.")
@@ -220,6 +232,14 @@ def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_
     assert found["budget"]["removed_share"] == 0.25 and set(found["timing"]) == {"original", "gamma-only",
                                                                                      "latency-aware"}
     assert "| tiny | PyTorch |" in deploy_report.planner_section({"planner": [found]})[-2]
+
+    def unmeetable(*args, **kwargs):
+        from yoloslim.errors import PruneError
+        raise PruneError("--target-ms 0.01 ms cannot be met")
+
+    monkeypatch.setattr(deploy_models, "planner_module", lambda: argparse.Namespace(plan_to_budget=unmeetable))
+    refused = deploy_models.planner_rows(args, subject, result, original, pruned)
+    assert refused["error"] == "--target-ms 0.01 ms cannot be met" and "timing" not in refused
 
 
 def test_opencv_layer_names_map_to_darknet_layers_and_every_layer_is_profiled(tiny_subject):
