@@ -226,7 +226,9 @@ def write_report(args, results):
     quick = ("\n**This is a --quick smoke run: its models are barely trained and its numbers mean nothing.**\n"
              if results.get("quick", args.quick) else "")
     runs = results.get("latency_runs", args.latency_runs)
-    parts = [f"# Benchmarks (second edition)\n{quick}\nWritten by `{results['command']}` in "
+    parts = [f"# Benchmarks (second edition)\n{quick}\nThe accuracy edition: trained at 160 px, timed in OpenCV DNN and "
+             f"PyTorch. The deployment-speed edition (third) is BENCHMARKS.md, written by "
+             f"`python benchmarks/deploy_benchmarks.py`.\n\nWritten by `{results['command']}` in "
              f"{results['wall_min']:.0f} min (this invocation; training stages found in its cache are reused, not "
              f"re-timed: each model's own training time is given below). Machine: "
              f"{results.get('machine') or machine_line()}. {stage_line(results)}"

@@ -1,6 +1,8 @@
-"""Write BENCHMARKS.md and its figures: every pruning method on converged models.
+"""Write the second (accuracy) edition of the benchmarks, benchmarks/results/second_edition.md, and its
+figures: every pruning method on converged models. (BENCHMARKS.md holds the third edition,
+deployment speed: benchmarks/deploy_benchmarks.py.)
 
-    python benchmarks/run_benchmarks.py            # the full run, from nothing (see BENCHMARKS.md for its wall time)
+    python benchmarks/run_benchmarks.py            # the full run, from nothing (see benchmarks/results/second_edition.md for its wall time)
     python benchmarks/run_benchmarks.py --quick    # a smoke run in minutes; writes under runs/bench-quick/
 
 Three models, each trained on the built-in synthetic set with L1 sparsity on its BN gammas
@@ -43,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--work", type=checks.output_dir, help="cache of data and training stages "
                    "(default runs/bench, or runs/bench-quick with --quick)")
     p.add_argument("--out", type=checks.output_file,
-                   help="the report (default BENCHMARKS.md; with --quick, <work>/BENCHMARKS.md)")
+                   help="the report (default benchmarks/results/second_edition.md; with --quick, <work>/BENCHMARKS.md)")
     p.add_argument("--figures", type=checks.output_dir,
                    help="folder for the figures and results.json (default benchmarks/results; "
                         "with --quick, <work>/results)")
@@ -58,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--latency-runs", type=checks.number(int, lo=1, hi=10000), help="timed runs per model (default 30; --quick 3)")
     args = p.parse_args(argv)
     args.work = args.work or ("runs/bench-quick" if args.quick else "runs/bench")
-    args.out = args.out or (os.path.join(args.work, "BENCHMARKS.md") if args.quick else "BENCHMARKS.md")
+    args.out = args.out or (os.path.join(args.work, "BENCHMARKS.md") if args.quick
+                            else os.path.join("benchmarks", "results", "second_edition.md"))
     args.figures = args.figures or (os.path.join(args.work, "results") if args.quick else "benchmarks/results")
     args.settings = quick_settings() if args.quick else {}
     args.latency_runs = args.latency_runs or args.settings.get("latency_runs", 30)
