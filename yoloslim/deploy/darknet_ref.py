@@ -17,8 +17,9 @@ What Darknet computes, and how it differs from our model:
   itself, and one whose header says pjreddie (revision 0) is loaded that way
   (yoloslim/darknet/bn_readers.py), so the comparison below is with the model as it is, never adjusted.
 - A ``[yolo]`` layer's output is the head conv's output with logistic applied in place to x, y,
-  objectness and every class score (w and h stay raw): ``darknet_layout`` puts our raw maps
-  in that form.
+  objectness and every class score (w and h stay raw); a ``[region]`` (YOLOv2) applies the
+  logistic to x, y and objectness and a softmax over the classes. ``darknet_layout`` puts our raw
+  maps in that form, through each head's ``darknet_output``.
 - Convolutions pad with zeros, like our model by default.
 """
 import ctypes
@@ -32,7 +33,7 @@ import numpy as np
 
 LIB_PATH = os.environ.get("DARKNET_LIB", "/usr/lib/darknet/libdarknet.so")
 INSTALL_HINT = "install it with: sudo apt-get install darknet (Debian/Ubuntu)"
-YOLO = 23  # LAYER_TYPE enum value of YOLO in darknet.h
+REGION, YOLO = 22, 23  # LAYER_TYPE enum values of the two heads in darknet.h
 
 
 def darknet_missing():
@@ -104,17 +105,10 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
 
 
 def darknet_layout(model, raw):
-    """Our raw head maps (B, na*no, ny, nx) as Darknet's [yolo] outputs for batch item 0:
-    logistic on x, y, objectness and classes, w and h raw."""
-    outs = []
-    for i, r in zip(model.yolo_layers, raw):
-        head = model.module_list[i]
-        a = r[0].detach().double().cpu().numpy().reshape(head.na, head.no, *r.shape[2:]).copy()
-        keep = a[:, 2:4].copy()
-        a = 1.0 / (1.0 + np.exp(-a))
-        a[:, 2:4] = keep
-        outs.append(a.reshape(r.shape[1:]))
-    return outs
+    """Our raw head maps (B, na*no, ny, nx) as Darknet's head layers leave them for batch item 0
+    (``YOLOLayer.darknet_output``: the activations Darknet applies in place)."""
+    return [model.module_list[i].darknet_output(r[0].detach().double().cpu()).numpy()
+            for i, r in zip(model.yolo_layers, raw)]
 
 
 def darknet_difference(model, run, x):
@@ -243,15 +237,15 @@ def _load_library():
 
 
 def _yolo_outputs(net):
-    """Copies of every [yolo] layer's output (out_c, out_h, out_w), and the class count."""
+    """Copies of every [yolo] and [region] layer's output (out_c, out_h, out_w), and the class count."""
     outs, classes = [], 0
     for i in range(net.contents.n):
         layer = net.contents.layers[i]
-        if layer.type != YOLO:
+        if layer.type not in (YOLO, REGION):
             continue
         shape = (layer.out_c, layer.out_h, layer.out_w)
         if layer.outputs != int(np.prod(shape)) or layer.out_c != layer.n * (layer.classes + 5):
-            sys.exit(f"layer {i}: the [yolo] fields read do not fit together ({layer.outputs} outputs, shape "
+            sys.exit(f"layer {i}: the head fields read do not fit together ({layer.outputs} outputs, shape "
                      f"{shape}, n={layer.n}, classes={layer.classes}); darknet.h does not match this libdarknet")
         outs.append(np.ctypeslib.as_array(layer.output, shape=(layer.outputs,)).reshape(shape).copy())
         classes = layer.classes
