@@ -34,6 +34,12 @@ def head(nc=2, act="linear", extra=""):
             f"[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses={nc}\nnum=3\n{extra}")
 
 
+def region(nc=2, extra=""):
+    """A YOLOv2 head; thresh=0 so OpenCV reports every class score (it zeroes those under thresh)."""
+    return (f"[convolutional]\nfilters={3 * (5 + nc)}\nsize=1\nactivation=linear\n"
+            f"[region]\nanchors=0.6,0.8, 1.5,2.0, 3.2,2.4\nclasses={nc}\nnum=3\ncoords=4\nsoftmax=1\nthresh=0\n{extra}")
+
+
 STEM = conv(8) + conv(16, stride=2)
 
 
@@ -54,6 +60,10 @@ KINDS = {
     # the shortcut policy prunes the residual stream through [avgpool]; [reorg] freezes its stream
     "residual-avgpool": net() + STEM + block(16) + block(16) + "[avgpool]\n" + conv(8, size=1) + head(),
     "residual-reorg": net() + STEM + block(16) + "[reorg]\nstride=2\n" + conv(8) + head(),
+    "region": net() + STEM + conv(16) + region(nc=3),
+    # yolov2's passthrough: a 1x1 conv of a finer layer, reorganised to the coarse grid and concatenated
+    "region-reorg": net() + STEM + conv(8) + "[maxpool]\nsize=2\nstride=2\n" + conv(16) + "[route]\nlayers=-3\n"
+    + conv(4, size=1) + "[reorg]\nstride=2\n" + "[route]\nlayers=-1,-4\n" + conv(16) + region(),
     "maxpool-stride1-route-groups": net() + STEM + "[maxpool]\nsize=3\nstride=1\n"
     + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8) + "[route]\nlayers=-1,-3\n" + conv(8) + head(),
 }
@@ -206,6 +216,16 @@ REFUSED = [
     ("[convolutional]\nfilters=8\nsize=3\n", "activation="),  # Darknet: logistic, OpenCV: linear
     (conv(8) + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nnum=3\n",
      "classes="),                                           # Darknet: 20, OpenCV: none
+    (conv(8) + region(extra="tree=data/9k.tree\n"), "tree=data/9k.tree"),        # yolo9000's hierarchical softmax
+    (conv(8) + region(extra="map=data/coco9k.map\n"), "map=data/coco9k.map"),
+    (conv(8) + region(extra="log=1\n"), "log=1"),
+    (conv(8) + region(extra="background=1\n"), "background=1"),
+    (conv(8) + region(extra="mask=0,1\n"), "mask=0,1"),
+    (conv(8) + region().replace("coords=4", "coords=5"), "coords=5"),
+    (conv(8) + region().replace("softmax=1", "softmax=0"), "softmax=0"),   # Darknet: logistic classes, OpenCV: none
+    (conv(8) + region().replace("softmax=1\n", ""), "softmax="),          # Darknet's default 0, OpenCV's none
+    (conv(8) + region().replace("num=3\n", ""), "num=3"),                 # Darknet's default 1
+    (conv(8) + region().replace("num=3", "num=2"), "num=2"),
 ]
 
 

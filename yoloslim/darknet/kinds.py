@@ -349,7 +349,8 @@ class Kind:
         for key, off in self.refused.items():
             if key in mdef and mdef[key] != off:
                 fix = "remove it" if off is None else f"remove it or set {key}={off}"
-                raise CfgError(f"{mdef.where()}: {key}={mdef[key]} is not supported (it changes the "
+                written = getattr(mdef, "raw", {}).get(key, mdef[key])   # as in the file, not the parsed list
+                raise CfgError(f"{mdef.where()}: {key}={written} is not supported (it changes the "
                                f"computation); {fix}")
         if self.activation is not None:
             make_activation(mdef, self.activation)
