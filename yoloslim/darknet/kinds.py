@@ -945,7 +945,7 @@ def kind_of(mdef):
     kind = KINDS.get(mdef["type"])
     if kind is None and mdef["type"] in CLASSIFIER_SECTIONS:
         raise CfgError(f"{mdef.where()}: [{mdef['type']}] is not supported (classifier cfg): yolo-slim prunes "
-                       f"detection models with [yolo] heads; pass a detection cfg such as cfg/yolov3.cfg")
+                       f"detection models with [yolo] or [region] heads; pass a detection cfg such as cfg/yolov3.cfg")
     if kind is None:
         raise CfgError(f"{mdef.where()}: layer type [{mdef['type']}] is not supported; "
                        f"supported: {', '.join(sorted(KINDS))}")
