@@ -4,7 +4,7 @@
 
 ``DIR`` is the git directory of an AlexeyAB/darknet clone (a bare one will do); every .cfg in its
 ``cfg/`` folder at HEAD, then every .cfg in the Debian folder, goes through
-``yoloslim.deploy.coverage.check_cfg`` (random weights, a small input), and the tables replace the
+``yoloslim.pipeline.coverage.check_cfg`` (random weights, a small input), and the tables replace the
 coverage block of the README. Takes about 15 minutes on one core.
 """
 import os
@@ -13,7 +13,7 @@ import time
 import torch
 
 from yoloslim.cli.checks import Parser
-from yoloslim.deploy.coverage import cfgs_in_folder, cfgs_in_git, check_cfg, counts, markdown_table, replace_block
+from yoloslim.pipeline.coverage import cfgs_in_folder, cfgs_in_git, check_cfg, counts, markdown_table, replace_block
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write
 

@@ -11,6 +11,7 @@ cfg/README.md.
 import math
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from yoloslim.deploy.measure import count_params, randomize_weights
 from yoloslim.deploy.opencv_dnn import max_raw_difference, random_input
 from yoloslim.deploy.parity import read_back_tolerance
 from yoloslim.errors import SlimError
+from yoloslim.prune.engine import POLICIES, prune, write_pruned
 
 MIN_SIZE = 128
 # a cfg with one of these sections is a detector in Darknet's sense (the ones we do not build included)
@@ -77,14 +79,13 @@ def pjreddie_check(model, cfg, folder, size):
     model.save_darknet_weights(weights, reader="pjreddie")
     x = random_input(size, seed=0, channels=model.in_channels)[0]
     try:
-        run = run_darknet(cfg, weights, x)
+        run = run_darknet(cfg, weights, x, thresh=0.5, nms=0)   # the layer outputs are compared, not boxes: no NMS
     except SlimError as e:
         return "cannot run: " + _short(e, folder).split("(", 1)[-1].rstrip(")")
     return verdict(darknet_difference(model, run, x), read_back_tolerance(model, x[None]))
 
 
 def prune_check(model, folder, size):
-    from yoloslim.prune.engine import POLICIES, prune, write_pruned
     try:
         compact, _ = prune(model, POLICIES["normal"], percent=0.3, layer_keep=0.05)
         cfg, weights = write_pruned(compact, folder, "pruned")
@@ -147,8 +148,6 @@ def counts(rows):
 # ----------------------------------------------------------------------------- cfg folders and the README
 def cfgs_in_git(git_dir, folder="cfg"):
     """(name, text) of every .cfg directly in ``folder`` of a bare git directory's HEAD, and its commit."""
-    import subprocess
-
     def git(*args):
         proc = subprocess.run(["git", f"--git-dir={git_dir}", *args], capture_output=True, text=True)
         if proc.returncode:
