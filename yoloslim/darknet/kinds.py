@@ -243,9 +243,6 @@ class RegionLayer(YOLOLayer):
     size) and its class scores are one softmax per anchor."""
     softmax = True
 
-    def __init__(self, anchors, nc):
-        super().__init__(anchors, nc)
-
     def grid_anchors(self, sx, sy):
         return self.anchors
 
@@ -914,13 +911,13 @@ class Region(Yolo):
     name = "region"
     required = ("classes", "softmax")     # Darknet defaults softmax to 0 (logistic classes), OpenCV to none
     refused = {"coords": 4, "background": 0, "tree": None, "map": None, "log": 0, "sqrt": 0, "classfix": 0,
-               "mask": None, "scale_x_y": 1, "new_coords": 0, "softmax": 1}
+               "mask": None, "scale_x_y": 1, "new_coords": 0}
 
     def check_options(self, mdef):
         if mdef.get("softmax", 1) != 1:
             raise CfgError(f"{mdef.where()}: softmax={mdef['softmax']} is not supported: Darknet then applies a "
                            f"logistic to the class scores and OpenCV nothing; set softmax=1")
-        super(Yolo, self).check_options(mdef)
+        super(Yolo, self).check_options(mdef)   # Kind's checks; a region has no mask= for Yolo's to ask for
         check_anchor_count(mdef)
 
     def pixel_anchors(self, mdef, stride):
