@@ -24,6 +24,7 @@ What Darknet computes, and how it differs from our model:
 """
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,7 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
             raise SlimError(f"{cfg}: Darknet did not finish within {timeout} s") from None
         results = [os.path.join(tmp, f"result{k}.npz") for k in range(len(xs))]
         if proc.returncode != 0 or not all(map(os.path.isfile, results)):
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit status {proc.returncode}"
+            why = _last_words(proc.stderr + proc.stdout) or f"exit status {proc.returncode}"
             raise SlimError(f"{cfg}: Darknet cannot run this pair ({why})")
         runs = []
         for path in results:
@@ -102,6 +102,14 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
                 yolo = [z[f"yolo{k}"] for k in range(int(z["n_yolo"]))]
                 runs.append(DarknetRun(yolo, z["boxes"], z["objectness"], z["probs"]))
         return runs
+
+
+def _last_words(text):
+    """The line saying why Darknet stopped: its last complaint ("Type not recognized: [sam]"), else its
+    last line (Darknet's error() ends with a bare "<program>:" line, which says nothing)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    complaints = [ln for ln in lines if re.search(r"not recognized|[Ee]rror|[Cc]ouldn't|[Ff]ailed", ln)]
+    return (complaints or lines or [""])[-1]
 
 
 def darknet_layout(model, raw):

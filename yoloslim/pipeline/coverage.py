@@ -57,7 +57,14 @@ def input_size(defs):
 
 
 def _short(error, folder):
-    return str(error).replace(folder + os.sep, "").splitlines()[0]
+    """The message's first clause, without the temporary folder: the rest is advice for a user's own file."""
+    return str(error).replace(folder + os.sep, "").splitlines()[0].split("; ")[0]
+
+
+def _why(error):
+    """What Darknet said, from run_darknet's "<cfg>: Darknet cannot run this pair (<why>)"."""
+    found = re.search(r"Darknet cannot run this pair \((.*)\)$", str(error))
+    return found.group(1) if found else str(error).splitlines()[0]
 
 
 def verdict(diff, tolerance):
@@ -81,7 +88,7 @@ def pjreddie_check(model, cfg, folder, size):
     try:
         run = run_darknet(cfg, weights, x, thresh=0.5, nms=0)   # the layer outputs are compared, not boxes: no NMS
     except SlimError as e:
-        return "cannot run: " + _short(e, folder).split("(", 1)[-1].rstrip(")")
+        return "cannot run: " + _why(e)
     return verdict(darknet_difference(model, run, x), read_back_tolerance(model, x[None]))
 
 
@@ -102,7 +109,7 @@ def check_cfg(name, text, pjreddie=True):
             defs = parse_cfg_text(text, os.path.join(folder, name))
             row.size = input_size(defs)
             defs[0]["width"] = defs[0]["height"] = row.size
-            cfg = os.path.join(folder, "model.cfg")
+            cfg = os.path.join(folder, name)          # messages name the cfg, not a temporary file
             write_model_cfg(defs, cfg)
             model = randomize_weights(Darknet(cfg), seed=1).eval()
         except SlimError as e:
