@@ -89,7 +89,8 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
         cmd = [sys.executable, os.path.abspath(__file__), os.fspath(cfg), os.fspath(weights), tmp, repr(thresh), repr(nms)]
         env = dict(os.environ, DARKNET_LIB=LIB_PATH)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            # errors="replace": Darknet's error() can print stray bytes after its message
+            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise SlimError(f"{cfg}: Darknet did not finish within {timeout} s") from None
         results = [os.path.join(tmp, f"result{k}.npz") for k in range(len(xs))]
