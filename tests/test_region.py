@@ -7,7 +7,6 @@ OpenCV zeroes every class score under the region's thresh (.6 in the shipped fil
 leave nothing to compare. Negative controls show the comparisons see the softmax and the
 grid-cell anchors.
 """
-import os
 
 import numpy as np
 import pytest
