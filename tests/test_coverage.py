@@ -20,6 +20,11 @@ def test_region_cfg_builds_agrees_and_prunes(darknet):
     assert counts([row]).startswith("1 of 1 detector cfgs build; OpenCV agrees on 1, pjreddie Darknet on 1; 1 prune")
 
 
+def test_pjreddie_column_names_what_the_original_darknet_lacks(darknet):
+    row = check_cfg("m.cfg", net() + conv(8, act="mish") + conv(16, stride=2) + region())
+    assert row.builds and row.pjreddie.startswith("no ") and row.pjreddie.endswith("(lacks activation=mish)"), row
+
+
 def test_a_wrong_reader_shows_as_no(monkeypatch):
     """The OpenCV column can say no: the same check with the head decoded off by a factor."""
     import yoloslim.pipeline.coverage as coverage

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 from yoloslim.darknet.cfg import parse_cfg_text, write_model_cfg
-from yoloslim.darknet.kinds import layer_strides
+from yoloslim.darknet.kinds import layer_strides, pjreddie_gaps
 from yoloslim.darknet.model import Darknet
 from yoloslim.deploy.darknet_ref import darknet_difference, darknet_missing, run_darknet
 from yoloslim.deploy.measure import count_params, randomize_weights
@@ -120,6 +120,9 @@ def check_cfg(name, text, pjreddie=True):
         model.save_darknet_weights(weights)
         row.opencv = opencv_check(model, cfg, weights, row.size)
         row.pjreddie = pjreddie_check(model, cfg, folder, row.size) if pjreddie else "not run"
+        gaps = pjreddie_gaps(defs)
+        if gaps and pjreddie:     # what the original Darknet lacks, which explains a "no" there
+            row.pjreddie += f" (lacks {', '.join(gaps)})"
         row.pruned = prune_check(model, folder, row.size)
     return row
 
