@@ -7,7 +7,6 @@ OpenCV zeroes every class score under the region's thresh (.6 in the shipped fil
 leave nothing to compare. Negative controls show the comparisons see the softmax and the
 grid-cell anchors.
 """
-
 import numpy as np
 import pytest
 import torch
@@ -34,6 +33,7 @@ MODELS = ("yolov2-tiny", "yolov2")
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    """One torch thread: on a shared 2-core machine two spin-waiting OpenMP threads are far slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
