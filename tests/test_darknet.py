@@ -118,6 +118,19 @@ def test_bad_pair_is_one_line_error(darknet, coco_tiny, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_darknet_stray_bytes_and_last_complaint_are_one_line(darknet, monkeypatch, tmp_path):
+    """Darknet's error() may print bytes that are not UTF-8 after its message (seen on AlexeyAB's
+    enet-coco.cfg): still one SlimError line, naming Darknet's complaint rather than its last line."""
+    import yoloslim.deploy.darknet_ref as ref
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\nprintf 'Type not recognized: [scale_channels]\\n7 prog: \\231\\377\\n' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(ref.sys, "executable", str(fake))
+    with pytest.raises(SlimError) as e:
+        run_darknet(str(tmp_path / "any.cfg"), str(tmp_path / "any.weights"), np.zeros((3, 32, 32), np.float32))
+    assert "\n" not in str(e.value) and "(Type not recognized: [scale_channels])" in str(e.value)
+
+
 def test_missing_darknet_is_one_clear_line(monkeypatch):
     import yoloslim.deploy.darknet_ref as ref
     monkeypatch.setattr(ref, "LIB_PATH", "/nonexistent/libdarknet.so")

@@ -1,5 +1,8 @@
 """The layer-kind table: every kind against OpenCV, pruned and compensated; refused options by name."""
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from yoloslim.darknet.cfg import cfg_to_text, parse_cfg_text, parse_model_cfg
 from yoloslim.prune.graph import analyze
 from yoloslim.prune.engine import POLICIES, build_compact, plan_channels, plan_layers, prune, zeroed_reference
 from yoloslim.deploy.measure import count_flops, opencv_latency_ms, randomize_weights, torch_latency_ms
-from conftest import HANG_LIMIT
+from conftest import HANG_LIMIT, ROOT
 
 SIZE = 64
 
@@ -32,6 +35,12 @@ def conv(filters, size=3, stride=1, act="leaky", bn=1, extra=""):
 def head(nc=2, act="linear", extra=""):
     return (f"[convolutional]\nfilters={3 * (5 + nc)}\nsize=1\nactivation={act}\n"
             f"[yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses={nc}\nnum=3\n{extra}")
+
+
+def region(nc=2, extra=""):
+    """A YOLOv2 head; thresh=0 so OpenCV reports every class score (it zeroes those under thresh)."""
+    return (f"[convolutional]\nfilters={3 * (5 + nc)}\nsize=1\nactivation=linear\n"
+            f"[region]\nanchors=0.6,0.8, 1.5,2.0, 3.2,2.4\nclasses={nc}\nnum=3\ncoords=4\nsoftmax=1\nthresh=0\n{extra}")
 
 
 STEM = conv(8) + conv(16, stride=2)
@@ -54,6 +63,10 @@ KINDS = {
     # the shortcut policy prunes the residual stream through [avgpool]; [reorg] freezes its stream
     "residual-avgpool": net() + STEM + block(16) + block(16) + "[avgpool]\n" + conv(8, size=1) + head(),
     "residual-reorg": net() + STEM + block(16) + "[reorg]\nstride=2\n" + conv(8) + head(),
+    "region": net() + STEM + conv(16) + region(nc=3),
+    # yolov2's passthrough: a 1x1 conv of a finer layer, reorganised to the coarse grid and concatenated
+    "region-reorg": net() + STEM + conv(8) + "[maxpool]\nsize=2\nstride=2\n" + conv(16) + "[route]\nlayers=-3\n"
+    + conv(4, size=1) + "[reorg]\nstride=2\n" + "[route]\nlayers=-1,-4\n" + conv(16) + region(),
     "maxpool-stride1-route-groups": net() + STEM + "[maxpool]\nsize=3\nstride=1\n"
     + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8) + "[route]\nlayers=-1,-3\n" + conv(8) + head(),
 }
@@ -206,6 +219,16 @@ REFUSED = [
     ("[convolutional]\nfilters=8\nsize=3\n", "activation="),  # Darknet: logistic, OpenCV: linear
     (conv(8) + "[convolutional]\nfilters=21\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nnum=3\n",
      "classes="),                                           # Darknet: 20, OpenCV: none
+    (conv(8) + region(extra="tree=data/9k.tree\n"), "tree=data/9k.tree"),        # yolo9000's hierarchical softmax
+    (conv(8) + region(extra="map=data/coco9k.map\n"), "map=data/coco9k.map"),
+    (conv(8) + region(extra="log=1\n"), "log=1"),
+    (conv(8) + region(extra="background=1\n"), "background=1"),
+    (conv(8) + region(extra="mask=0,1\n"), "mask=0,1"),
+    (conv(8) + region().replace("coords=4", "coords=5"), "coords=5"),
+    (conv(8) + region().replace("softmax=1", "softmax=0"), "softmax=0"),   # Darknet: logistic classes, OpenCV: none
+    (conv(8) + region().replace("softmax=1\n", ""), "softmax="),          # Darknet's default 0, OpenCV's none
+    (conv(8) + region().replace("num=3\n", ""), "num=3"),                 # Darknet's default 1
+    (conv(8) + region().replace("num=3", "num=2"), "num=2"),
 ]
 
 
@@ -217,6 +240,45 @@ def test_refused_option_named_at_parse_time(tmp_path, body, needle):
         parse_model_cfg(str(path))
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and needle in msg
+
+
+# The sections and options that alone kept one AlexeyAB cfg each from building (issue 21's coverage
+# run: darknet53_448_xnor, Gaussian_yolov3_BDD, crnn.train, yolov4-sam-mish-csp-reorg-bfm,
+# yolov4-tiny_contrastive, resnet152_trident): refused by name at parse time, and by the CLIs with
+# one error line and exit 2.
+ONE_CFG_BLOCKERS = [
+    (conv(8, extra="xnor=1\n"), "xnor=1"),
+    (conv(8) + "[gaussian_yolo]\nmask=0,1,2\nanchors=4,6, 10,12, 20,18\nclasses=2\nnum=3\n", "[gaussian_yolo]"),
+    (conv(8) + "[crnn]\nbatch_normalize=1\nsize=3\npad=1\noutput=8\nhidden=8\nactivation=leaky\n", "[crnn]"),
+    (conv(8) + "[reorg3d]\nstride=2\n", "[reorg3d]"),
+    (conv(8) + "[contrastive]\nclasses=2\n", "[contrastive]"),
+    (conv(8) + "[local_avgpool]\nsize=2\nstride=2\n", "[local_avgpool]"),
+    (conv(8, extra="dilation=2\n"), "dilation=2"),
+    (conv(8) + conv(8, extra="share_index=-2\n"), "share_index=-2"),
+]
+
+
+@pytest.mark.parametrize("body,needle", ONE_CFG_BLOCKERS, ids=[n for _, n in ONE_CFG_BLOCKERS])
+def test_one_cfg_blocker_refused_by_name(tmp_path, body, needle):
+    path = tmp_path / "bad.cfg"
+    path.write_text(net() + body + head())
+    with pytest.raises(CfgError) as e:
+        parse_model_cfg(str(path))
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("body,needle", [ONE_CFG_BLOCKERS[1], ONE_CFG_BLOCKERS[7]], ids=["section", "option"])
+def test_one_cfg_blocker_refused_by_the_cli(tmp_path, body, needle):
+    """The CLIs' path for any parse-time refusal (cli_main): a section and an option, one subprocess each."""
+    path = tmp_path / "bad.cfg"
+    path.write_text(net() + body + head())
+    (tmp_path / "w.weights").write_bytes(bytes(20))          # a header and no floats: the cfg fails first
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), "--cfg", str(path), "--weights",
+                           str(tmp_path / "w.weights"), "--out", str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=HANG_LIMIT, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["bad.cfg", "w.weights"]
 
 
 def test_new_coords_other_values_refused():

@@ -210,9 +210,9 @@ def test_classifier_cfg_refused_by_its_sections(tmp_path, tail, section):
 
 def test_cfg_without_a_yolo_head_and_type_elsewhere(tmp_path):
     path = write(tmp_path, "headless.cfg", BACKBONE + "[avgpool]\n")
-    expect(CfgError, build(path), re.escape(path), r"has no \[yolo\] head")
+    expect(CfgError, build(path), re.escape(path), r"has no \[yolo\] or \[region\] head")
     done = run_cli("normal_prune.py", "--cfg", path, "--weights", path, "--out", tmp_path / "out")
-    assert_one_line_error(done, re.escape(path), r"has no \[yolo\] head")
+    assert_one_line_error(done, re.escape(path), r"has no \[yolo\] or \[region\] head")
     path = write(tmp_path, "typed.cfg", edit(SMALL_CFG, "[maxpool]\nsize=2", "[maxpool]\ntype=max\nsize=2"))
     expect(CfgError, lambda: parse_model_cfg(path), re.escape(path) + r":15\b", "'type' is not a Darknet key")
 

@@ -213,6 +213,6 @@ def test_pair_written_for_pjreddie_is_the_model_in_darknet(darknet, zoo, name, t
 
 def test_the_darknet_cases_are_the_cfgs_without_alexeyab_additions():
     assert {"yolov3", "yolov3-tiny", "yolov3-narrow", "yolov3-tiny_3l"} <= set(PJREDDIE_ZOO)
-    assert {n for n, _ in reader_cases()} | {"yolov3", "yolov3-spp", "yolov4"} == set(ZOO)
+    assert {n for n, _ in reader_cases()} | {"yolov3", "yolov3-spp", "yolov4", "yolov2"} == set(ZOO)
     gaps = pjreddie_gaps(parse_model_cfg(os.path.join(CFG_DIR, "yolov4-tiny.cfg")))
     assert gaps == ["[route] groups=", "[yolo] scale_x_y="]

@@ -91,14 +91,14 @@ def resolve_criterion(args, fallback):
                      "or --target-flops")
 
 
-def search_checkpoint(checkpoint, policy, data, img_size, max_drop, layer_keep, path):
+def search_checkpoint(checkpoint, policy, data, img_size, max_drop, layer_keep, path, max_images=SEARCH_IMAGES):
     """slim.py's stage: the largest ratio of ``policy`` within ``max_drop`` mAP@0.5 of the
-    sparsity-trained checkpoint, on the first SEARCH_IMAGES validation images; curve drawn to ``path``."""
+    sparsity-trained checkpoint, on the first ``max_images`` validation images; curve drawn to ``path``."""
     from yoloslim.darknet.load import model_from_checkpoint
     from yoloslim.prune.engine import POLICIES
     from yoloslim.prune.ratio_search import plot_search
     model = model_from_checkpoint(checkpoint).eval()
-    score, images = map_scorer(data, img_size)
+    score, images = map_scorer(data, img_size, max_images)
     criterion = Criterion(max_drop=max_drop)
     print(f"searching the ratio for {criterion.name()} on {images} validation images, policy {policy} ...", flush=True)
     result = search_ratio(model, POLICIES[policy], criterion, img_size, score, layer_keep, 0, "mAP@0.5", images)

@@ -175,6 +175,7 @@ def decode_boxes(t, anchors, scale_x_y, new_coords):
 
 class YOLOLayer(nn.Module):
     """Decodes one head the way Darknet's yolo layer does."""
+    softmax = False    # class scores: independent logistics (a [region] with softmax=1 normalises them)
 
     def __init__(self, anchors, nc, scale_x_y=1.0, new_coords=0):
         super().__init__()
@@ -196,9 +197,25 @@ class YOLOLayer(nn.Module):
             t = torch.cat((t[..., :2], t[..., 2:4].clamp(max=wh_clamp)), -1)
         return decode_boxes(t, anchors, self.scale_x_y, self.new_coords)
 
+    def grid_anchors(self, sx, sy):
+        """The anchors in grid cells of a head whose cells are ``sx`` x ``sy`` input pixels."""
+        return self.anchors / torch.tensor([sx, sy])
+
+    def pixel_anchors(self, stride):
+        """The anchors in input pixels (``stride``: the (x, y) input pixels per grid cell)."""
+        return self.anchors
+
     def scores(self, t):
         """Objectness and class probabilities from raw values."""
         return t[..., 4:] if self.new_coords else torch.sigmoid(t[..., 4:])
+
+    def darknet_output(self, raw):
+        """Raw head map (na*no, ny, nx) as Darknet's layer leaves it in its output array: logistic
+        in place on x, y, objectness and classes, w and h raw (classic heads)."""
+        a = raw.view(self.na, self.no, *raw.shape[1:])
+        out = torch.sigmoid(a)
+        out[:, 2:4] = a[:, 2:4]
+        return out.view(raw.shape)
 
     def logits(self, t):
         """All raw values as logits: classic heads output logits already, new_coords heads hold
@@ -215,8 +232,34 @@ class YOLOLayer(nn.Module):
         stride = torch.tensor([img_hw[1] / nx, img_hw[0] / ny], device=p.device)
         yv, xv = torch.meshgrid(torch.arange(ny, device=p.device), torch.arange(nx, device=p.device), indexing="ij")
         grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(p.dtype)
-        xy, wh = self.boxes(p, self.anchors.to(p.device, p.dtype).view(1, self.na, 1, 1, 2))
+        anchors = self.pixel_anchors(stride.cpu()).to(p.device, p.dtype).view(1, self.na, 1, 1, 2)
+        xy, wh = self.boxes(p, anchors)
         return torch.cat(((xy + grid) * stride, wh, self.scores(p)), -1).view(b, -1, self.no)
+
+
+class RegionLayer(YOLOLayer):
+    """A YOLOv2 ``[region]`` head: the same (x, y, w, h, objectness, classes) per anchor as a [yolo],
+    but its anchors are in grid cells (so a box keeps its size relative to the grid at any input
+    size) and its class scores are one softmax per anchor."""
+    softmax = True
+
+    def grid_anchors(self, sx, sy):
+        return self.anchors
+
+    def pixel_anchors(self, stride):
+        return self.anchors * stride
+
+    def scores(self, t):
+        return torch.cat((torch.sigmoid(t[..., 4:5]), torch.softmax(t[..., 5:], -1)), -1)
+
+    def darknet_output(self, raw):
+        """Darknet's region output: logistic on x, y and objectness, softmax over the classes."""
+        a = raw.view(self.na, self.no, *raw.shape[1:])
+        out = a.clone()
+        out[:, 0:2] = torch.sigmoid(a[:, 0:2])
+        out[:, 4] = torch.sigmoid(a[:, 4])
+        out[:, 5:] = torch.softmax(a[:, 5:], 1)
+        return out.view(raw.shape)
 
 
 # ----------------------------------------------------------------------------- option helpers
@@ -303,7 +346,8 @@ class Kind:
         for key, off in self.refused.items():
             if key in mdef and mdef[key] != off:
                 fix = "remove it" if off is None else f"remove it or set {key}={off}"
-                raise CfgError(f"{mdef.where()}: {key}={mdef[key]} is not supported (it changes the "
+                written = getattr(mdef, "raw", {}).get(key, mdef[key])   # as in the file, not the parsed list
+                raise CfgError(f"{mdef.where()}: {key}={written} is not supported (it changes the "
                                f"computation); {fix}")
         if self.activation is not None:
             make_activation(mdef, self.activation)
@@ -747,10 +791,10 @@ class ReorgKind(Kind):
         return module(plane.contiguous())[0, :, 0, 0]
 
 
-def check_yolo_anchors(mdef):
-    """num=, anchors= and mask= as both references need them. Darknet sizes its anchor table by num
-    (default 1): more anchors overflow it, fewer leave 0.5s, a mask index >= num reads past it;
-    OpenCV asserts that num and mask are written and that anchors holds exactly num pairs."""
+def check_anchor_count(mdef):
+    """num= and anchors= as both references need them; returns num. Darknet sizes its anchor table
+    by num (default 1): more anchors overflow it, fewer leave 0.5s; OpenCV asserts that num is
+    written and that anchors holds exactly num pairs."""
     anchors = mdef.get("anchors")
     if not isinstance(anchors, list) or len(anchors) % 2:
         raise CfgError(f"{mdef.where()}: anchors= must be an even-length list of numbers")
@@ -758,10 +802,17 @@ def check_yolo_anchors(mdef):
     num = mdef.get("num")
     if num is None:
         raise CfgError(f"{mdef.where()}: write num={pairs} (the number of anchor pairs) explicitly: Darknet "
-                       f"defaults it to 1 and OpenCV cannot load a [yolo] without it")
+                       f"defaults it to 1 and OpenCV cannot load a [{mdef['type']}] without it")
     if not isinstance(num, int) or num != pairs:
         raise CfgError(f"{mdef.where()}: num={num} but anchors= holds {pairs} pairs; Darknet and OpenCV need "
                        f"them equal: set num={pairs} or give {num} anchor pairs")
+    return num
+
+
+def check_yolo_anchors(mdef):
+    """num=, anchors= and mask= as both references need them: a mask index >= num reads past
+    Darknet's anchor table, and OpenCV cannot load a [yolo] without mask=."""
+    num = check_anchor_count(mdef)
     mask = mdef.get("mask")
     if mask is None:
         raise CfgError(f"{mdef.where()}: write mask= explicitly (the anchor indices this head uses): "
@@ -808,14 +859,37 @@ class Yolo(Kind):
             raise CfgError(f"{mdef.where()}: mask={mdef.get('mask')} selects anchors that do not exist")
         return [pairs[m] for m in mask]
 
-    def build(self, mdef, srcs, in_width):
-        anchors = self.anchors(mdef)
+    @staticmethod
+    def classes(mdef):
+        """The head's class count (Darknet's default 20 when absent)."""
+        return mdef.get("classes", 20)
+
+    def pixel_anchors(self, mdef, stride):
+        """The (w, h) anchor pairs in input pixels, for a head of total ``stride``: as written."""
+        return self.anchor_pairs(mdef)
+
+    def cfg_anchors(self, pixel_pairs, stride):
+        """The anchors= values for (w, h) pairs in input pixels: whole pixels, as Darknet's cfgs write them."""
+        return [int(round(v)) for wh in pixel_pairs for v in wh]
+
+    def resized_anchors(self, mdef, scale):
+        """anchors= for an input ``scale`` times the cfg's: anchors in pixels scale with it (kept to
+        2 decimals, not whole pixels: at 64 px a 10 px anchor becomes 1.54, and 2 would be 30% off)."""
+        values = [round(v * scale, 2) for wh in self.anchor_pairs(mdef) for v in wh]
+        return [v if v != int(v) else int(v) for v in values]
+
+    def _check_width(self, mdef, in_width, n_anchors):
         nc = get_int(mdef, "classes")
         if nc < 1:
             raise CfgError(f"{mdef.where()}: classes={nc} must be at least 1")
-        if in_width != len(anchors) * (nc + 5):
-            raise CfgError(f"{mdef.where()}: the conv before this [yolo] has filters={in_width}, but {len(anchors)} "
-                           f"anchors x (classes {nc} + 5) = {len(anchors) * (nc + 5)}; set filters to that")
+        if in_width != n_anchors * (nc + 5):
+            raise CfgError(f"{mdef.where()}: the conv before this [{self.name}] has filters={in_width}, but "
+                           f"{n_anchors} anchors x (classes {nc} + 5) = {n_anchors * (nc + 5)}; set filters to that")
+        return nc
+
+    def build(self, mdef, srcs, in_width):
+        anchors = self.anchors(mdef)
+        nc = self._check_width(mdef, in_width, len(anchors))
         return YOLOLayer(anchors, nc, get_number(mdef, "scale_x_y", 1.0), get_int(mdef, "new_coords", 0))
 
     def run(self, module, x, outputs):
@@ -828,6 +902,38 @@ class Yolo(Kind):
         return in_masks[0]
 
 
+@register
+class Region(Yolo):
+    """YOLOv2's head. Darknet and OpenCV compute it as a [yolo] with scale_x_y=1 whose anchors
+    are in grid cells (all ``num`` of them, no mask) and whose classes go through one softmax.
+    Its training options (bias_match, rescore, absolute, thresh, jitter, random, the *_scale
+    weights) are Darknet's loss settings: read and kept, not used by our loss (yoloslim/train/loss.py)."""
+    name = "region"
+    required = ("classes", "softmax")     # Darknet defaults softmax to 0 (logistic classes), OpenCV to none
+    refused = {"coords": 4, "background": 0, "tree": None, "map": None, "log": 0, "sqrt": 0, "classfix": 0,
+               "mask": None, "scale_x_y": 1, "new_coords": 0}
+
+    def check_options(self, mdef):
+        if mdef.get("softmax", 1) != 1:
+            raise CfgError(f"{mdef.where()}: softmax={mdef['softmax']} is not supported: Darknet then applies a "
+                           f"logistic to the class scores and OpenCV nothing; set softmax=1")
+        super(Yolo, self).check_options(mdef)   # Kind's checks; a region has no mask= for Yolo's to ask for
+        check_anchor_count(mdef)
+
+    def pixel_anchors(self, mdef, stride):
+        return [(w * stride, h * stride) for w, h in self.anchor_pairs(mdef)]
+
+    def cfg_anchors(self, pixel_pairs, stride):
+        return [round(v / stride, 5) for wh in pixel_pairs for v in wh]
+
+    def resized_anchors(self, mdef, scale):
+        return mdef["anchors"]           # in grid cells: the same boxes relative to the image at any size
+
+    def build(self, mdef, srcs, in_width):
+        anchors = self.anchor_pairs(mdef)
+        return RegionLayer(anchors, self._check_width(mdef, in_width, len(anchors)))
+
+
 # sections of a Darknet classifier (darknet19, darknet53 ImageNet...): nothing here detects with them
 CLASSIFIER_SECTIONS = ("softmax", "cost", "connected")
 
@@ -836,7 +942,7 @@ def kind_of(mdef):
     kind = KINDS.get(mdef["type"])
     if kind is None and mdef["type"] in CLASSIFIER_SECTIONS:
         raise CfgError(f"{mdef.where()}: [{mdef['type']}] is not supported (classifier cfg): yolo-slim prunes "
-                       f"detection models with [yolo] heads; pass a detection cfg such as cfg/yolov3.cfg")
+                       f"detection models with [yolo] or [region] heads; pass a detection cfg such as cfg/yolov3.cfg")
     if kind is None:
         raise CfgError(f"{mdef.where()}: layer type [{mdef['type']}] is not supported; "
                        f"supported: {', '.join(sorted(KINDS))}")

@@ -62,8 +62,8 @@ class Darknet(nn.Module):
         self.module_list, self.out_channels, self.scales = create_modules(self.module_defs, in_channels)
         self.yolo_layers = [i for i, k in enumerate(self.kinds) if k.is_head]
         if not self.yolo_layers:
-            raise CfgError(f"{self.cfg_path or '<cfg>'}: the cfg has no [yolo] head, so it is not a detection "
-                           f"model yolo-slim can prune; pass a YOLO cfg whose outputs end in [yolo] layers")
+            raise CfgError(f"{self.cfg_path or '<cfg>'}: the cfg has no [yolo] or [region] head, so it is not a "
+                           f"detection model yolo-slim can prune; pass a YOLO cfg whose outputs end in such layers")
         self.nc = self.module_list[self.yolo_layers[0]].nc
         self.img_size = img_size or (get_int(self.hyperparams, "height", 416), get_int(self.hyperparams, "width", 416))
         if isinstance(self.img_size, int):

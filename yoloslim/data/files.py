@@ -6,10 +6,13 @@ from yoloslim.errors import DataError
 
 
 def cfg_classes(module_defs):
-    """The classes= of the cfg's first [yolo] layer (Darknet's default 20 when absent), or None."""
+    """The class count of the cfg's first head ([yolo] or [region], as the kind table says;
+    Darknet's default 20 when absent), or None without a head."""
+    from yoloslim.darknet.kinds import KINDS   # the defs passed the parser, which imported it (and torch)
     for section in module_defs:
-        if section["type"] == "yolo":
-            return section.get("classes", 20)
+        kind = KINDS.get(section["type"])
+        if kind is not None and kind.is_head:
+            return kind.classes(section)
     return None
 
 

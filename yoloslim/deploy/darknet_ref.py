@@ -17,12 +17,14 @@ What Darknet computes, and how it differs from our model:
   itself, and one whose header says pjreddie (revision 0) is loaded that way
   (yoloslim/darknet/bn_readers.py), so the comparison below is with the model as it is, never adjusted.
 - A ``[yolo]`` layer's output is the head conv's output with logistic applied in place to x, y,
-  objectness and every class score (w and h stay raw): ``darknet_layout`` puts our raw maps
-  in that form.
+  objectness and every class score (w and h stay raw); a ``[region]`` (YOLOv2) applies the
+  logistic to x, y and objectness and a softmax over the classes. ``darknet_layout`` puts our raw
+  maps in that form, through each head's ``darknet_output``.
 - Convolutions pad with zeros, like our model by default.
 """
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ import numpy as np
 
 LIB_PATH = os.environ.get("DARKNET_LIB", "/usr/lib/darknet/libdarknet.so")
 INSTALL_HINT = "install it with: sudo apt-get install darknet (Debian/Ubuntu)"
-YOLO = 23  # LAYER_TYPE enum value of YOLO in darknet.h
+REGION, YOLO = 22, 23  # LAYER_TYPE enum values of the two heads in darknet.h
 
 
 def darknet_missing():
@@ -87,13 +89,13 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
         cmd = [sys.executable, os.path.abspath(__file__), os.fspath(cfg), os.fspath(weights), tmp, repr(thresh), repr(nms)]
         env = dict(os.environ, DARKNET_LIB=LIB_PATH)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            # errors="replace": Darknet's error() can print stray bytes after its message
+            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             raise SlimError(f"{cfg}: Darknet did not finish within {timeout} s") from None
         results = [os.path.join(tmp, f"result{k}.npz") for k in range(len(xs))]
         if proc.returncode != 0 or not all(map(os.path.isfile, results)):
-            lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit status {proc.returncode}"
+            why = _last_words(proc.stderr + proc.stdout) or f"exit status {proc.returncode}"
             raise SlimError(f"{cfg}: Darknet cannot run this pair ({why})")
         runs = []
         for path in results:
@@ -103,18 +105,19 @@ def run_darknet_many(cfg, weights, xs, thresh=0.005, nms=0.45, timeout=600):
         return runs
 
 
+def _last_words(text):
+    """The line saying why Darknet stopped: its last complaint ("Type not recognized: [sam]"), else its
+    last line (Darknet's error() ends with a bare "<program>:" line, which says nothing)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    complaints = [ln for ln in lines if re.search(r"not recognized|[Ee]rror|[Cc]ouldn't|[Ff]ailed", ln)]
+    return (complaints or lines or [""])[-1]
+
+
 def darknet_layout(model, raw):
-    """Our raw head maps (B, na*no, ny, nx) as Darknet's [yolo] outputs for batch item 0:
-    logistic on x, y, objectness and classes, w and h raw."""
-    outs = []
-    for i, r in zip(model.yolo_layers, raw):
-        head = model.module_list[i]
-        a = r[0].detach().double().cpu().numpy().reshape(head.na, head.no, *r.shape[2:]).copy()
-        keep = a[:, 2:4].copy()
-        a = 1.0 / (1.0 + np.exp(-a))
-        a[:, 2:4] = keep
-        outs.append(a.reshape(r.shape[1:]))
-    return outs
+    """Our raw head maps (B, na*no, ny, nx) as Darknet's head layers leave them for batch item 0
+    (``YOLOLayer.darknet_output``: the activations Darknet applies in place)."""
+    return [model.module_list[i].darknet_output(r[0].detach().double().cpu()).numpy()
+            for i, r in zip(model.yolo_layers, raw)]
 
 
 def darknet_difference(model, run, x):
@@ -243,15 +246,15 @@ def _load_library():
 
 
 def _yolo_outputs(net):
-    """Copies of every [yolo] layer's output (out_c, out_h, out_w), and the class count."""
+    """Copies of every [yolo] and [region] layer's output (out_c, out_h, out_w), and the class count."""
     outs, classes = [], 0
     for i in range(net.contents.n):
         layer = net.contents.layers[i]
-        if layer.type != YOLO:
+        if layer.type not in (YOLO, REGION):
             continue
         shape = (layer.out_c, layer.out_h, layer.out_w)
         if layer.outputs != int(np.prod(shape)) or layer.out_c != layer.n * (layer.classes + 5):
-            sys.exit(f"layer {i}: the [yolo] fields read do not fit together ({layer.outputs} outputs, shape "
+            sys.exit(f"layer {i}: the head fields read do not fit together ({layer.outputs} outputs, shape "
                      f"{shape}, n={layer.n}, classes={layer.classes}); darknet.h does not match this libdarknet")
         outs.append(np.ctypeslib.as_array(layer.output, shape=(layer.outputs,)).reshape(shape).copy())
         classes = layer.classes

@@ -39,16 +39,19 @@ def opencv_forward(net, x):
 
 
 def opencv_head_maps(net, x, yolo_layers):
-    """The maps OpenCV feeds each [yolo] layer: the head convs' outputs before any decoding.
+    """The maps OpenCV feeds each head ([yolo] or [region]): the head convs' outputs before any decoding.
 
-    The importer names a layer's last operation ``<op>_<index>`` and puts a permute between
-    the head conv and ``yolo_<index>``; the op before that permute is the head's output.
+    The importer names a layer's last operation ``<op>_<index>`` and puts ``permute_<index>``
+    between the head conv and the head (``yolo_<index>``; a [region] is ``detection_out``); the
+    op before that permute is the head's output.
     """
     names = list(net.getLayerNames())
     wanted = []
     for i in yolo_layers:
-        k = names.index(f"yolo_{i}")
-        wanted.append(names[k - 2] if names[k - 1].startswith("permute") else names[k - 1])
+        if f"permute_{i}" not in names:
+            raise SlimError(f"OpenCV's network has no permute_{i} before head layer {i}; this OpenCV names "
+                            f"its Darknet layers differently")
+        wanted.append(names[names.index(f"permute_{i}") - 1])
     net.setInput(np.ascontiguousarray(x, dtype=np.float32))
     return [o.copy() for o in net.forward(wanted)]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from yoloslim.data.anchors import kmeans_anchors
 from yoloslim.errors import CfgError, DataError
 from yoloslim.darknet.cfg import parse_model_cfg
-from yoloslim.darknet.kinds import kind_of
+from yoloslim.darknet.kinds import kind_of, layer_strides
 from yoloslim.train.transfer import cfg_for_data
 
 
@@ -21,7 +21,7 @@ class DerivedCfg:
 
 
 def heads(defs):
-    """The cfg's detection heads ([yolo] sections), as the kind table knows them."""
+    """The cfg's detection heads ([yolo], [region] sections), as the kind table knows them."""
     return [m for m in defs[1:] if kind_of(m).is_head]
 
 
@@ -29,7 +29,7 @@ def anchor_count(defs, path):
     """Anchors the cfg's heads use together (each uses its mask's share)."""
     found = heads(defs)
     if not found:
-        raise CfgError(f"{path}: has no [yolo] layer, so there is no class count or anchor to derive")
+        raise CfgError(f"{path}: has no [yolo] or [region] head, so there is no class count or anchor to derive")
     return sum(len(kind_of(m).anchors(m)) for m in found)
 
 
@@ -51,18 +51,17 @@ def derive_for_data(src_cfg, spec, img_size, keep_anchors=False):
 
 
 def scaled_anchors(src_cfg, base, nc, img_size):
-    """(defs, anchors) with the base cfg's anchors scaled from its [net] width to ``img_size``.
-
-    Darknet divides an anchor by the network width, so trained heads predict the same boxes at
-    another input size only when the anchors scale with it (kept to 2 decimals, not rounded to
-    whole pixels: at 64 px a 10 px anchor becomes 1.54, and 2 would be 30% off)."""
+    """(defs, anchors in pixels at ``img_size``) with the base cfg's anchors resized from its [net]
+    width to ``img_size``, so trained heads predict the same boxes relative to the image: a
+    [yolo]'s pixel anchors scale (Darknet divides them by the network width), a [region]'s grid
+    anchors stay (``Kind.resized_anchors``)."""
     scale = img_size / float(base[0].get("width", 416))
-    first = heads(base)[0]
-    anchors = [(round(w * scale, 2), round(h * scale, 2)) for w, h in kind_of(first).anchor_pairs(first)]
     defs = cfg_for_data(src_cfg, nc, None, img_size)
     for m in heads(defs):
-        m["anchors"] = [v if v != int(v) else int(v) for wh in anchors for v in wh]
-    return defs, anchors
+        m["anchors"] = kind_of(m).resized_anchors(m, scale)
+    first = heads(defs)[0]
+    stride = layer_strides(defs[1:])[defs[1:].index(first)]
+    return defs, kind_of(first).pixel_anchors(first, stride)
 
 
 def anchors_text(anchors):

@@ -8,8 +8,11 @@ normalized to the input image. Everything is computed per head with tensor ops: 
 over targets or boxes.
 
 Units: a head's grid has ``nx`` x ``ny`` cells, so a normalized target scales to grid units by
-(nx, ny) alone. Anchors are given in input pixels; they are divided by the head's stride
-(input size / grid size) to become grid units. The decoding used here is the one
+(nx, ny) alone. A [yolo] head's anchors are in input pixels and are divided by the head's
+stride (input size / grid size) to become grid units; a [region] head's (YOLOv2) are in grid
+units already (``grid_anchors``). A [region] is trained with this same loss (matching, GIoU,
+objectness BCE), its softmax classes with cross-entropy instead of per-class BCE; Darknet's own
+YOLOv2 loss options (rescore, bias_match, the *_scale weights) are not used. The decoding used here is the one
 ``YOLOLayer.decode`` uses (yoloslim/darknet/kinds.py ``decode_boxes``, Darknet's, classic or new_coords=1):
 ``xy = sigmoid * scale_x_y - (scale_x_y - 1) / 2`` inside the cell, ``wh = exp * anchor``.
 """
@@ -17,6 +20,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from yoloslim.darknet.kinds import layer_strides
 from yoloslim.eval.metrics import bbox_iou
@@ -120,6 +124,17 @@ def build_targets(pi, targets, anchors, hyp):
     return (targets[t, 0].long(), a, gj, gi), tbox, targets[t, 1].long()
 
 
+def class_loss(head, ps, cls, bce_cls, smoothing):
+    """Class loss of the matched predictions ``ps`` (n, 5+nc): BCE per class for [yolo] heads
+    (independent logistics), cross-entropy for heads whose classes are one softmax ([region])."""
+    if head.softmax:
+        return F.cross_entropy(ps[:, 5:], cls, label_smoothing=smoothing)
+    cp, cn = 1.0 - 0.5 * smoothing, 0.5 * smoothing
+    tcls = torch.full_like(ps[:, 5:], cn)
+    tcls[torch.arange(len(cls), device=ps.device), cls] = cp
+    return bce_cls(head.score_logits(ps)[:, 1:], tcls)
+
+
 def compute_loss(p, targets, model, hyp=None, img_hw=None):
     """YOLOv3 loss; returns (loss scalar, detached tensor [box, obj, cls, total]).
 
@@ -134,14 +149,13 @@ def compute_loss(p, targets, model, hyp=None, img_hw=None):
     targets = targets.to(device=device, dtype=torch.float32)
     bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["obj_pw"]], device=device))
     bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp["cls_pw"]], device=device))
-    cp, cn = 1.0 - 0.5 * hyp["label_smoothing"], 0.5 * hyp["label_smoothing"]
     lbox, lobj, lcls = (torch.zeros((), device=device) for _ in range(3))
     strides = head_strides(net, p, img_hw)
 
     for pi, head, (sx, sy) in zip(p, heads, strides):
         pi = pi.float()  # AMP: the loss is computed in float32
         tobj = torch.zeros(pi.shape[:4], device=device)
-        anchors = head.anchors.to(device) / torch.tensor([sx, sy], device=device)   # grid units
+        anchors = head.grid_anchors(sx, sy).to(device)                              # grid units
         if targets.shape[0]:
             (b, a, gj, gi), tbox, cls = build_targets(pi, targets, anchors, hyp)
             if b.numel():
@@ -151,9 +165,7 @@ def compute_loss(p, targets, model, hyp=None, img_hw=None):
                 lbox = lbox + (1.0 - giou).mean()
                 tobj[b, a, gj, gi] = (1.0 - hyp["gr"]) + hyp["gr"] * giou.detach().clamp(0)
                 if nc > 1:
-                    tcls = torch.full_like(ps[:, 5:], cn)
-                    tcls[torch.arange(len(cls), device=device), cls] = cp
-                    lcls = lcls + bce_cls(head.score_logits(ps)[:, 1:], tcls)
+                    lcls = lcls + class_loss(head, ps, cls, bce_cls, hyp["label_smoothing"])
         stride = math.sqrt(sx * sy)
         balance = OBJ_BALANCE.get(int(round(stride)), 1.0)
         lobj = lobj + balance * bce_obj(head.score_logits(pi[..., :5])[..., 0], tobj)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yoloslim.darknet.kinds import kind_of
+from yoloslim.darknet.kinds import kind_of, layer_strides
 from yoloslim.darknet.model import Darknet
 from yoloslim.darknet.weights import load_checkpoint, read_weights_file
 from yoloslim.errors import WeightsError
@@ -198,15 +198,19 @@ def keep_frozen_bn_eval(model, n):
 def cfg_for_data(src_cfg, nc, anchors=None, img_size=None):
     """``src_cfg``'s defs ([net] + layers) for a data set of ``nc`` classes, optionally with new anchors.
 
-    The [yolo]-feeding convs get ``len(mask) * (5 + nc)`` filters; ``anchors`` (k, 2) replaces
-    every [yolo]'s anchor list (their masks stay); ``img_size`` sets [net] width/height.
+    The head-feeding convs get ``len(mask) * (5 + nc)`` filters; ``anchors`` (k, 2, in input pixels)
+    replaces every head's anchor list (a [yolo]'s masks stay; a [region] writes them in grid
+    cells of its stride); ``img_size`` sets [net] width/height.
     """
     defs = with_classes(parse_model_cfg(src_cfg), nc)
-    for mdef in defs[1:]:
-        if kind_of(mdef).is_head and anchors is not None:
+    strides = layer_strides(defs[1:])
+    for mdef, stride in zip(defs[1:], strides):
+        kind = kind_of(mdef)
+        if kind.is_head and anchors is not None:
             if len(anchors) * 2 != len(mdef["anchors"]):
-                raise WeightsError(f"{src_cfg}: [yolo] has {len(mdef['anchors']) // 2} anchors, not {len(anchors)}")
-            mdef["anchors"] = [int(round(v)) for wh in anchors for v in wh]
+                raise WeightsError(f"{src_cfg}: [{mdef['type']}] has {len(mdef['anchors']) // 2} anchors, "
+                                   f"not {len(anchors)}")
+            mdef["anchors"] = kind.cfg_anchors(anchors, stride)
     if img_size:
         defs[0]["width"] = defs[0]["height"] = int(img_size)
     return defs
