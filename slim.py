@@ -348,7 +348,9 @@ def time_models(args, original, final, ref_row, rows):
 def whole_job_seconds(invocation_seconds, stages):
     """This invocation's wall time plus the recorded training time of every stage it took from the
     cache: what the job costs from nothing, not what the last rerun cost."""
-    return invocation_seconds + sum(s.get("seconds", 0.0) for s in stages if s.get("cached"))
+    # by folder: with the sparsity riding the transfer (--sparse-epochs 0) stages 2 and 3 are one
+    cached = {s["out"]: s.get("seconds", 0.0) for s in stages if s.get("cached")}
+    return invocation_seconds + sum(cached.values())
 
 
 def target_rows(args, rows, job_minutes):

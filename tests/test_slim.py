@@ -67,3 +67,11 @@ def test_slim_with_sparsity_during_the_fine_tune_prunes_the_trained_model(coco_t
     assert rows["pruned"]["params"] < rows["base (fine-tuned with sparsity)"]["params"]
     stage = json.load(open(tmp_path / "run" / "train" / "stage.json"))
     assert stage["key"]["config"]["sr"] is True and stage["key"]["config"]["s"] == 0.003
+
+
+def test_whole_job_counts_a_cached_stage_once():
+    """With the sparsity riding the transfer (--sparse-epochs 0), stages 2 and 3 are one cached stage."""
+    import slim
+    train = {"out": "run/train", "seconds": 100.0, "cached": True}
+    fresh = {"out": "run/finetune", "seconds": 5.0}                 # trained in this invocation: in its 10 s
+    assert slim.whole_job_seconds(10.0, [train, train, fresh]) == 110.0
