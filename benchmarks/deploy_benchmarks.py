@@ -57,7 +57,7 @@ def parse_args(argv=None):
                    help="the narrow model's training epochs (default: the cached 60-epoch stage if --train-cache "
                         "holds it, else 30)")
     p.add_argument("--no-planner", action="store_true",
-                   help="skip the latency-aware rows (they need yoloslim/prune/latency_plan.py)")
+                   help="skip the latency-aware rows (yoloslim/prune/latency_plan.py, which builds per-layer latency tables)")
     p.add_argument("--planner-models", nargs="+", choices=MODEL_NAMES, default=["tiny", "narrow"],
                    help="models whose latency-aware rows are measured (default tiny narrow: the planner's per-layer "
                         "tables of full yolov3 at 608 px take many minutes to measure on one thread)")
@@ -159,9 +159,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
         return rewrite_report(args)
-    if not args.no_planner:     # before any work: an hour of timing must not end in an import error
-        import deploy_models
-        deploy_models.planner_module()
+    if not args.no_planner:     # before any work: an hour of timing must not end in a refusal
         if args.planner_runtime not in args.runtimes:
             raise SlimError(f"--planner-runtime {args.planner_runtime} is not among --runtimes "
                             f"{','.join(args.runtimes)}; add it or pass --no-planner")

@@ -22,6 +22,7 @@ from yoloslim.errors import PruneError, SlimError
 from yoloslim.pipeline.stages import ensure_data
 from yoloslim.prune.engine import POLICIES, prune, write_pruned
 from yoloslim.prune.graph import analyze
+from yoloslim.prune.latency_plan import plan_to_budget
 
 SHORT_EPOCHS = 30        # the narrow recipe when no full (60-epoch) stage is cached: see narrow_stage
 FULL_SHRINK = 0.88       # share of full yolov3's prunable channels whose gamma is shrunk (the narrow
@@ -283,16 +284,6 @@ def int8_rows(args, subject, original, pruned, calib, judge, n_photos):
 
 
 # ----------------------------------------------------------------------------- latency-aware planner
-def planner_module():
-    """``yoloslim.prune.latency_plan`` (branch planner), or one line saying what to do."""
-    try:
-        from yoloslim.prune import latency_plan
-    except ImportError as e:
-        raise SlimError(f"the latency-aware rows need yoloslim.prune.latency_plan, which is not importable here "
-                        f"({e}); merge the planner branch or pass --no-planner") from None
-    return latency_plan
-
-
 def planner_rows(args, subject, result, original, pruned):
     """The planner against the gamma-only prune at the same measured budget: the target is the
     gamma-only prune's measured median ms on ``runtime``; both are then timed interleaved with the
@@ -303,7 +294,6 @@ def planner_rows(args, subject, result, original, pruned):
     if row is None or runtime not in row["timing"]:
         return None
     target = row["timing"][runtime]["pruned"]["median"]
-    plan_to_budget = planner_module().plan_to_budget
     t0 = time.time()
     try:
         compact, plans, budget = plan_to_budget(subject.model, POLICIES[method.policy], runtime, subject.img_size,

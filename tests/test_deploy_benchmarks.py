@@ -3,7 +3,6 @@ rendered from a results dict, bad command lines, and the --quick smoke run on yo
 No assertion here depends on a timing."""
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -149,17 +148,6 @@ def test_bad_arguments_are_one_line_errors(args, named, tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error:") and named in errors[0], proc.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("yoloslim.prune.latency_plan") is not None,
-                    reason="the planner is merged: its rows are measured, not refused")
-def test_without_the_planner_module_the_run_stops_before_any_work_and_names_the_flag(tmp_path):
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--models", "tiny", "--work", str(tmp_path / "work")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT, env=ENV)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    line, = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert line.startswith("error:") and "latency_plan" in line and "--no-planner" in line
-    assert not (tmp_path / "work").exists()
-
-
 def test_quick_run_writes_the_report_and_results_under_its_work_folder(coco_tiny, tmp_path):
     checked_in = digest(os.path.join(ROOT, "BENCHMARKS.md"))
     work = tmp_path / "work"
@@ -206,7 +194,7 @@ def tiny_subject(tmp_path):
 
 
 def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_subject, monkeypatch):
-    """The section's own code with a stand-in planner (the real one lives on branch planner): the
+    """The section's own code with a stand-in planner (the real one builds latency tables, minutes): the
     budget passed is the gamma-only row's measured median, and both plans are counted alike."""
     import deploy_models
     from yoloslim.prune.engine import prune
@@ -219,7 +207,7 @@ def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_
         return compact, plans, argparse.Namespace(predicted_ms=target_ms, original_ms=1.0, target={"ms": target_ms},
                                                   removed_importance=0.5, total_importance=2.0)
 
-    monkeypatch.setattr(deploy_models, "planner_module", lambda: argparse.Namespace(plan_to_budget=plan_to_budget))
+    monkeypatch.setattr(deploy_models, "plan_to_budget", plan_to_budget)
     result, original, pruned = deploy_models.measure_subject(args, subject)
     row, = result["rows"]
     assert set(row["timing"]) == {"torch", "opencv"} and row["flop_cut"] > 1
@@ -237,7 +225,7 @@ def test_the_planner_rows_take_the_gamma_only_prunes_measured_ms_as_budget(tiny_
         from yoloslim.errors import PruneError
         raise PruneError("--target-ms 0.01 ms cannot be met")
 
-    monkeypatch.setattr(deploy_models, "planner_module", lambda: argparse.Namespace(plan_to_budget=unmeetable))
+    monkeypatch.setattr(deploy_models, "plan_to_budget", unmeetable)
     refused = deploy_models.planner_rows(args, subject, result, original, pruned)
     assert refused["error"] == "--target-ms 0.01 ms cannot be met" and "timing" not in refused
 
