@@ -136,3 +136,13 @@ def test_darknet_weights_without_their_cfg_are_refused_before_anything_is_writte
     _, weights = random_model(2, os.path.join(users["model"], "lone"), version=(0, 2, 5))
     out = slim("--data", users["data"], "--weights", weights, "--out", str(tmp_path / "r"), expect=2)
     assert "needs the --cfg it was trained with" in out and not os.path.exists(tmp_path / "r")
+
+
+def test_a_users_data_gets_the_longer_fine_tune_unless_told(users):
+    """8 distilled epochs after pruning with --data (4 ended 0.0102 below the base on a photo set),
+    4 on the built-in set, and --finetune-epochs wins over both."""
+    import slim
+    out = os.path.join(users["out"], "parsed")
+    assert slim.parse_args(["--data", users["data"], "--out", out]).finetune_epochs == slim.DATA_FINETUNE_EPOCHS == 8
+    assert slim.parse_args(["--data", users["data"], "--out", out, "--finetune-epochs", "2"]).finetune_epochs == 2
+    assert slim.parse_args(["--out", out]).finetune_epochs == 4
