@@ -286,3 +286,41 @@ def test_bad_budget_flags_are_one_error_line(tiny_pair, tmp_path, flags, message
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert re.search(message, proc.stderr), proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_replans_until_the_measured_model_meets_the_budget(monkeypatch):
+    """The whole model runs as 0.5 x the tables' prediction + 10 ms (an offset, as OpenVINO showed):
+    the line through the original's and the plan's measured points finds the predicted ms that
+    meets the budget in one re-plan; the user's budget stays the one the run is judged by."""
+    import types
+    from yoloslim.cli import budget
+    planned_for = []
+
+    def plan(target):
+        planned_for.append(target)
+        report = types.SimpleNamespace(predicted_ms=target, original_ms=100.0, target={"ms": target})
+        return (types.SimpleNamespace(predicted=target), ["plans"], report)
+
+    def runs_at(predicted):
+        return 0.5 * predicted + 10.0
+
+    monkeypatch.setattr(budget, "measure_plan", lambda model, compact, *a: (runs_at(compact.predicted), runs_at(100.0)))
+    request = budget.BudgetRequest(target_ms=40.0, runtime="opencv")
+    compact, _, report = budget.calibrate(plan, request, None, plan(40.0), 64, 1)
+    assert planned_for == [40.0, pytest.approx(60.0)]           # 0.5 x 60 + 10 = 40
+    assert runs_at(compact.predicted) == pytest.approx(40.0) and report.target["ms"] == 40.0
+
+    planned_for.clear()             # faster than any prediction: never re-planned past the unpruned model
+    monkeypatch.setattr(budget, "measure_plan", lambda model, compact, *a: (0.1 * compact.predicted, 10.0))
+    budget.calibrate(plan, budget.BudgetRequest(target_ms=90.0, runtime="opencv"), None, plan(90.0), 64, 1)
+    assert max(planned_for) <= 98.0 and len(planned_for) == budget.CALIBRATION_ROUNDS + 1
+
+
+def test_next_target_brackets_the_budget_between_measured_points():
+    """Far from proportional (OpenVINO): once one plan runs under the budget and one over, the next
+    target lies between them, never past the unpruned model's prediction."""
+    from yoloslim.cli.budget import next_target
+    points = [(27.7, 27.5), (18.9, 26.3), (0.001, 9.3)]          # (planner target, measured ms)
+    assert 0.001 < next_target(points, 20.0) < 18.9
+    assert next_target([(27.7, 27.5), (18.9, 26.3)], 20.0) == 1e-3    # the line runs below zero: floor
+    assert next_target([(100.0, 10.0), (90.0, 9.0)], 90.0) == 98.0    # faster than any budget: capped
