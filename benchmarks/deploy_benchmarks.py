@@ -90,14 +90,8 @@ def parse_args(argv=None):
 
 def machine():
     """CPU and cores; the thread count is the run's own (--threads), stated with every timing."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    from yoloslim.deploy.measure import cpu_model
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def load_range():

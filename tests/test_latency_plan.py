@@ -258,7 +258,9 @@ def test_prune_script_to_a_latency_budget(tiny_pair, tiny, built, cache_home, tm
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(("budget met:", "budget missed by")))
     assert re.search(rf"predicted [\d.]+ ms, measured [\d.]+ ms, target {target:g} ms on opencv", line), line
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["budget"]["predicted_ms"] <= target and summary["budget"]["measured_ms"] > 0
+    # the plan is calibrated on the measured model: its prediction may sit either side of the budget
+    assert summary["budget"]["target"]["ms"] == target and summary["budget"]["measured_ms"] > 0
+    assert summary["budget"]["predicted_ms"] > 0 and "calibration: planned for" in proc.stdout
     assert summary["after"]["params"] < summary["before"]["params"]
 
 

@@ -90,6 +90,8 @@ def calibrate(plan, request, model, planned, size, threads):
     times at most. The plan measured closest to the budget is kept; the run's final check times it
     once more.
     """
+    if planned[2].predicted_ms >= planned[2].original_ms:
+        return planned              # nothing pruned: the budget needs no plan, and the caller says so
     target, points, tried = request.target_ms, [], []
     for round_ in range(CALIBRATION_ROUNDS + 1):
         measured, original_measured = measure_plan(model, planned[0], request.runtime, size, threads)

@@ -27,7 +27,6 @@ same tables measures nothing.
 import hashlib
 import json
 import os
-import platform
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from yoloslim.darknet.cfg import Section, cfg_to_text
 from yoloslim.darknet.kinds import Convolutional, layer_shapes
 from yoloslim.darknet.weights import header_bytes
 from yoloslim.deploy import latency
+from yoloslim.deploy.measure import cpu_model, forward_with_hooks
 from yoloslim.io import atomic_write
 
 TABLE_RUNS = 7          # timed calls per grid point: the median of an interleaved set
@@ -50,18 +50,6 @@ GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples o
 
 
 # ----------------------------------------------------------------------------- where, for whom
-def cpu_model():
-    """The CPU model string (``/proc/cpuinfo``'s "model name"), the machine part of the cache key."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
 def runtime_version(runtime):
     module = latency.require(runtime)
     return str(getattr(module, "__version__", "unknown"))
@@ -149,15 +137,7 @@ def conv_shapes(model, img_size=None):
                                   str(mdef.get("activation", "logistic")), ih, iw, *output.shape[2:]),
                         int(cin), int(output.shape[1]))
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model.forward_raw(torch.zeros(1, model.in_channels, h, w))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    forward_with_hooks(model, handles, h, w)
     return found
 
 

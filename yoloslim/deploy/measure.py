@@ -1,5 +1,6 @@
 """Model measurements shared by the prune scripts, tests and benchmarks."""
 import math
+import platform
 import statistics
 import time
 
@@ -96,7 +97,14 @@ def count_flops(model, img_size=None):
             total += kind.flops(module, output)
         return hook
 
-    handles = [m.register_forward_hook(hook_for(k)) for k, m in zip(model.kinds, model.module_list)]
+    forward_with_hooks(model, [m.register_forward_hook(hook_for(k)) for k, m in zip(model.kinds, model.module_list)],
+                       h, w)
+    return total
+
+
+def forward_with_hooks(model, handles, h, w):
+    """One eval-mode forward pass of a zero image, for the forward hooks behind ``handles``
+    (removed afterwards); the model's train/eval mode is put back."""
     was_training = model.training
     model.eval()
     try:
@@ -106,7 +114,19 @@ def count_flops(model, img_size=None):
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return total
+
+
+def cpu_model():
+    """The CPU model string (``/proc/cpuinfo``'s "model name"): where a time was measured, and the
+    machine part of the latency tables' cache key."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def median_ms(fn, warmup=3, runs=10):

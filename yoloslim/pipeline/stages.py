@@ -8,7 +8,6 @@ where it stopped, and a changed argument or input retrains the stage (and says w
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from yoloslim.io import atomic_write
 from yoloslim.deploy.opencv_dnn import read_net
 from yoloslim.darknet.cfg import parse_data_cfg
 from yoloslim.prune.engine import POLICIES, prune, write_pruned
-from yoloslim.deploy.measure import count_flops, count_params, opencv_latency_ms, torch_latency_ms
+from yoloslim.deploy.measure import count_flops, cpu_model, count_params, opencv_latency_ms, torch_latency_ms
 
 
 @dataclass
@@ -210,13 +209,7 @@ def measure(model, data=None, img_size=None, cfg_path=None, weights_path=None, r
 def machine_line(threads=None):
     """Where a number was measured, for every table that prints one; ``threads``: the thread count
     the measurements used, when it is not torch's current one (a trainer restores its caller's)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({threads or torch.get_num_threads()} threads), "
             f"{time.strftime('%Y-%m-%d')}")
 
 
