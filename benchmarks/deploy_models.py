@@ -17,7 +17,7 @@ import torch
 from bench_models import IMG_SIZE as TRAIN_SIZE
 from bench_models import MODELS, slug_of, train_models, val_images
 from yoloslim.deploy.latency import Deployable, compare
-from yoloslim.deploy.measure import count_flops, count_params
+from yoloslim.deploy.measure import count_flops, count_params, forward_with_hooks
 from yoloslim.errors import PruneError, SlimError
 from yoloslim.pipeline.stages import ensure_data
 from yoloslim.prune.engine import POLICIES, prune, write_pruned
@@ -342,12 +342,7 @@ def layer_kinds(model, img_size):
     shapes = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, tuple(o.shape[-2:])))
              for k, m in enumerate(model.module_list)]
-    try:
-        with torch.no_grad():
-            model.eval().forward_raw(torch.zeros(1, model.in_channels, img_size, img_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, hooks, img_size, img_size)
     out = {}
     for i, mdef in enumerate(graph.module_defs):
         hw = shapes.get(i)
@@ -446,10 +441,5 @@ def layer_flops(model, img_size):
     found = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k, kind=kind: found.__setitem__(k, kind.flops(mod, o)))
              for k, (kind, m) in enumerate(zip(model.kinds, model.module_list))]
-    try:
-        with torch.no_grad():
-            model.eval().forward_raw(torch.zeros(1, model.in_channels, img_size, img_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, hooks, img_size, img_size)
     return found
