@@ -37,3 +37,14 @@ def darknet():
             pytest.fail(f"CI=true but {missing}")
         pytest.skip(missing)
     return True
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    on a shared 2-core machine two spin-waiting OpenMP threads are far slower than one."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

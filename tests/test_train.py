@@ -31,14 +31,7 @@ NARROW = os.path.join(ROOT, "cfg", "yolov3-narrow.cfg")
 IMG = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two OpenMP threads that spin-wait for a
-    descheduled partner were measured 60x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}

@@ -43,13 +43,7 @@ ZOO = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path
 BIG_WEIGHTS = 30_000_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP spin-waits make two threads slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def conv_weight_count(defs):
