@@ -4,12 +4,15 @@
     python slim.py --model narrow       # from scratch: the narrow residual yolov3, shortcut pruning
     python slim.py --data my.data       # your data (.data, dataset YAML or YOLO folder), COCO tiny transferred
     python slim.py --data my.yaml --cfg my.cfg --weights my.weights   # your data and your Darknet model
+    python slim.py --data my.data --target-ms 8 --runtime onnxruntime --threads 1   # a latency budget, not a ratio
 
 With --data, the data set is read in place and never written to (its lists and names for the
 trainer go into the run folder); the cfg is derived for it (class count, head filters, k-means
 anchors at --img-size); weights trained on its class count skip the transfer and go straight to
 sparsity training; the pruning method follows the graph (shortcut layers: shortcut, else tiny)
-unless --method says otherwise.
+unless --method says otherwise. With --target-ms the ratio gives way to the latency-aware planner
+(the plan that meets the budget on --runtime while removing the least |gamma|, calibrated on the
+measured model), and the report judges the final model's measured ms against the budget.
 
 Default (``--model tiny``): fetches the real COCO yolov3-tiny once (cached under weights/),
 derives a cfg for the built-in synthetic data set (its class count, anchors from k-means on
@@ -35,8 +38,9 @@ import torch
 
 from yoloslim.cli import checks
 from yoloslim.cli.auto_percent import AUTO, auto_or, search_checkpoint
+from yoloslim.cli.budget import BudgetRequest, budget_line, run_budget
 from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
-from yoloslim.darknet.load import load_model
+from yoloslim.darknet.load import load_model, model_from_checkpoint
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write, is_torch_file
 from yoloslim.pipeline.starting_point import METHODS
@@ -45,7 +49,9 @@ from yoloslim.pipeline.stages import (Method, ensure_data, machine_line, markdow
                             run_training, save_pruned)
 from yoloslim.deploy.latency import Deployable, compare, default_runtimes, runtime_list
 from yoloslim.prune.ratio_search import DEFAULT_MAX_DROP
-from yoloslim.prune.report import channel_table
+from yoloslim.prune.engine import POLICIES
+from yoloslim.prune.graph import analyze
+from yoloslim.prune.report import channel_table, removed_share
 from yoloslim.train.config import TrainConfig
 
 # measured on a 10-class photo set at 256 px: 64 images put the chosen ratio's drop at 0.022 where
@@ -120,12 +126,17 @@ def parse_args(argv=None):
                    help="validation images each probe of --percent auto is scored on: the drop it allows (0.03) is "
                         "as small as the noise of mAP@0.5 on a few dozen images")
     p.add_argument("--layer-keep", type=checks.number(float, lo=0, hi=1, lo_open=True), default=0.05)
+    p.add_argument("--target-ms", type=checks.positive_float, default=None,
+                   help="instead of a ratio, prune to a latency budget: the plan removing the least |gamma| that "
+                        "runs in this many ms on the one --runtime named, with --threads, at --img-size (measured "
+                        "and calibrated; see yoloslim/prune/latency_plan.py)")
     p.add_argument("--lr0", type=checks.positive_float)
     p.add_argument("--threads", type=checks.positive_int, help="torch threads (default: torch's; 1 on a busy machine)")
     p.add_argument("--latency-runs", type=checks.timed_runs, default=20)
     p.add_argument("--runtime", type=runtime_list, default=None,
                    help="runtimes the report times the unpruned and final model on, comma-separated "
-                        "(default: every installed one of torch, opencv, onnxruntime)")
+                        "(default: every installed one of torch, opencv, onnxruntime); with --target-ms exactly "
+                        "one: the runtime the budget is in")
     p.add_argument("--reader", choices=list(READERS), default=DEFAULT_READER, help="the deployed pair: " + READER_HELP)
     args = p.parse_args(argv)
     if args.data and args.data_dir:
@@ -136,17 +147,29 @@ def parse_args(argv=None):
         p.error(f"--weights {args.weights}: a Darknet .weights file needs the --cfg it was trained with")
     if args.cfg:
         checks.check_cfg(args.cfg)
+    args.budget = check_budget_args(p, args) if args.target_ms is not None else None
     check_outputs(args)
     if args.data and args.finetune_epochs is None:
         args.finetune_epochs = DATA_FINETUNE_EPOCHS
     for key, value in MODELS[args.model].items():
-        if getattr(args, key, None) is None:
+        if getattr(args, key, None) is None and not (key == "percent" and args.budget):
             setattr(args, key, value)
     # the trainer restores the thread count it found, so the one the timings use is fixed here
     args.timing_threads = args.threads or torch.get_num_threads()
     if args.sparsity_target is None:
-        args.sparsity_target = AUTO_SPARSITY_TARGET if args.percent == AUTO else args.percent
+        args.sparsity_target = AUTO_SPARSITY_TARGET if args.percent in (AUTO, None) else args.percent
     return args
+
+
+def check_budget_args(p, args):
+    """--target-ms replaces the ratio: refuse what contradicts it before any work."""
+    if args.percent is not None:
+        p.error(f"--percent {args.percent} fixes the ratio but --target-ms asks for the plan that meets a latency "
+                f"budget; drop one")
+    if not args.runtime or len(args.runtime) != 1:
+        p.error("--target-ms is a budget on one runtime: pass --runtime opencv, onnxruntime or openvino "
+                "(and --threads as deployed)")
+    return BudgetRequest(args.target_ms, args.runtime[0])
 
 
 def check_outputs(args):
@@ -272,16 +295,21 @@ def main(argv=None):
         sparse = run_training(TrainConfig(data, weights=base["last"], epochs=args.sparse_epochs, out=sparse_dir,
                                           lr0=args.lr0, lrf=final_lrf, warmup_epochs=0, **common, **sparsity))
 
-    stage(f"4/6 prune ({start.method}, percent {args.percent})")
+    stage(f"4/6 prune ({start.method}, " + (f"to {args.target_ms:g} ms on {args.budget.runtime})" if args.budget
+                                             else f"percent {args.percent})"))
     report_sparsity(args, sparse)
     args.search = None
-    if args.percent == AUTO:
-        args.search = search_checkpoint(sparse["last"], start.method, data, args.img_size, args.max_drop,
-                                        args.layer_keep, os.path.join(args.out, "ratio_search.png"),
-                                        args.search_images)
-    method = Method(start.method, start.method, args.search.ratio if args.search else args.percent,
-                    layer_keep=args.layer_keep)
-    model, compact, plans = prune_checkpoint(sparse["last"], method)
+    if args.budget:
+        model, compact, plans = prune_to_budget(args, sparse["last"], start.method)
+        method = Method(start.method, start.method, args.percent, layer_keep=args.layer_keep)
+    else:
+        if args.percent == AUTO:
+            args.search = search_checkpoint(sparse["last"], start.method, data, args.img_size, args.max_drop,
+                                            args.layer_keep, os.path.join(args.out, "ratio_search.png"),
+                                            args.search_images)
+        method = Method(start.method, start.method, args.search.ratio if args.search else args.percent,
+                        layer_keep=args.layer_keep)
+        model, compact, plans = prune_checkpoint(sparse["last"], method)
     print(channel_table(model, plans))
     pruned_cfg, pruned_weights = save_pruned(compact, os.path.join(args.out, "pruned"), method.name)
     original_cfg, original_weights = os.path.join(sparse_dir, "model.cfg"), sparse["last_weights"]
@@ -318,6 +346,20 @@ def main(argv=None):
     elapsed = time.time() - t_start
     print(write_report(args, rows, diffs, final_cfg, final_weights, elapsed, data_section(args, dataset, start),
                        job_seconds=whole_job_seconds(elapsed, stages)))
+
+
+def prune_to_budget(args, checkpoint, policy_name):
+    """(model, compact, plans) of the latency-aware plan for --target-ms; args.percent becomes the
+    share of prunable channels it removed."""
+    model = model_from_checkpoint(checkpoint).eval()
+    graph = analyze(model.module_defs, model.in_channels)
+    compact, plans, args.budget_report = run_budget(args.budget, model, POLICIES[policy_name], graph, args.img_size,
+                                                    args.timing_threads, args.layer_keep)
+    args.percent = round(removed_share(plans), 4)
+    if args.percent == 0:
+        raise SlimError(f"--target-ms {args.target_ms:g}: the unpruned model already meets it (predicted "
+                        f"{args.budget_report.original_ms:.2f} ms on {args.budget.runtime}); nothing to prune")
+    return model, compact, plans
 
 
 def report_sparsity(args, sparse):
@@ -379,6 +421,11 @@ def target_rows(args, rows, job_minutes):
         speed = ref["opencv_ms"] / final["opencv_ms"]
         checks.append(("OpenCV speed-up", f">= x{TARGETS['opencv_speedup']}", f"x{speed:.2f}",
                        speed >= TARGETS["opencv_speedup"]))
+    ms = final.get(f"{args.budget.runtime}_ms") if args.budget else None
+    if ms is not None:
+        label = RUNTIME_LABELS.get(args.budget.runtime, args.budget.runtime)
+        checks.append((f"{label} latency (--target-ms)", f"<= {args.target_ms:g} ms", f"{ms:.2f} ms",
+                       ms <= args.target_ms))
     checks.append(("final mAP@0.5 vs base", f">= -{TARGETS['max_mAP_drop']}", f"{-drop:+.4f}",
                    drop <= TARGETS["max_mAP_drop"]))
     return [[name, want, got, "yes" if ok else "no"] for name, want, got, ok in checks]
@@ -439,6 +486,13 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds, data_text
         table += (f"\n\nPrune ratio found, not guessed: {s.criterion} before fine-tuning, mAP@0.5 on the first "
                   f"{s.images} validation images, bisection ({len(s.probes)} probes): **--percent {s.ratio:.3f}** "
                   f"(`ratio_search.png`).\n\n```\n" + "\n".join(s.lines()) + "\n```")
+    if args.budget:
+        runtime = args.budget.runtime
+        table += (f"\n\nPlan found for the budget, not a ratio: the latency-aware planner removed {args.percent:.1%} of "
+                  f"the prunable channels where they cost the most ms per |gamma| on {runtime}; "
+                  + budget_line(args.budget_report, rows["pruned + fine-tuned"].get(f"{runtime}_ms"),
+                                unpruned(rows).get(f"{runtime}_ms")) + ".\n\n```\n"
+                  + "\n".join(args.budget_report.lines()) + "\n```")
     shortfall = getattr(args, "sparsity_shortfall", None)
     sparsity = f"\n\n**Sparsity fell short.** {shortfall}" if shortfall else ""
     reused = "" if abs(job_seconds - seconds) < 1 else (
@@ -452,8 +506,10 @@ def write_report(args, rows, diffs, final_cfg, final_weights, seconds, data_text
     with atomic_write(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"rows": rows, "deploy_checks": diffs, "reader": args.reader, "seconds": seconds,
+        json.dump({"command": f"python slim.py {' '.join(sys.argv[1:])}", "percent": args.percent,
+                   "rows": rows, "deploy_checks": diffs, "reader": args.reader, "seconds": seconds,
                    "job_seconds": job_seconds, "timing": timing, "sparsity_shortfall": shortfall,
+                   "budget": args.budget_report.as_dict() if args.budget else None,
                    "data": data_text}, f, indent=2)
     src = os.path.join(args.out, "train" if args.sparse_epochs == 0 else "sparse", "gamma_history.png")
     if not os.path.isfile(src):   # transfer skipped: the sparsity stage is the only one

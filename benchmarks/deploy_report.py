@@ -1,6 +1,7 @@
 """BENCHMARKS.md's third edition (deployment speed) and its figure, from the results dict that
 deploy_benchmarks.py builds. A function of that dict alone: ``--report-only`` writes it again.
 """
+import json
 import os
 
 from yoloslim.io import atomic_write
@@ -17,6 +18,7 @@ RUNTIME_NAMES = {"opencv": "OpenCV DNN", "onnxruntime": "ONNX Runtime", "openvin
 FIGURE = "deploy_profile.png"
 SECOND_EDITION = "second_edition.md"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPANIONS = ("photos_deploy", "speed_ceiling")   # benchmarks whose results files the goals table quotes
 KIND_ORDER = ("first conv", "stride-2 conv", "stride-1 3x3 conv", "1x1 conv", "non-conv")
 
 
@@ -81,8 +83,48 @@ def goals(results, second_edition=SECOND_EDITION):
                               f"{p['model']}: no plan for a {p['target_ms']:.2f} ms budget" for p in planner)))
     out.append(("mAP@0.5 loss <= 0.01 (every goal above)", "not measured here",
                 "this script times; accuracy after pruning and fine-tuning is in the "
-                f"[second edition]({second_edition}) and in `slim.py`'s reports"))
+                f"[second edition]({second_edition}), in `slim.py`'s reports and, for yolov3-tiny on real "
+                "photographs, in the rows marked *own data* below"))
     return out
+
+
+def read_companions(folder):
+    """{name: results} of the companion benchmarks whose results files are in ``folder``."""
+    found = {}
+    for name in COMPANIONS:
+        path = os.path.join(folder, name + ".json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                found[name] = json.load(f)
+    return found
+
+
+def companion_goals(companions, folder_rel):
+    """Goal rows the companion benchmarks measured: accuracy after fine-tuning on real photographs
+    (photos_deploy) and the fastest any channel plan can run (speed_ceiling)."""
+    rows = []
+    photos = companions.get("photos_deploy")
+    if photos:
+        link = f"[own data]({folder_rel}/photos_deploy.md)"
+        rows += [(goal, f"**{v}**", f"*own data*: {measured} ({link})") for goal, v, measured in photos["verdicts"]]
+    ceiling = companions.get("speed_ceiling")
+    if ceiling:
+        best = {}
+        for r in ceiling["rows"]:
+            if r["model"] in RESIDUAL and r["runtime"] == "onnxruntime":
+                key = (r["model"], r["multiple"] == r["planner_multiple"])
+                best[key] = max(best.get(key, (0.0, "")), (r["original_ms"] / r["floor_ms"], r["policy"]))
+        models = sorted({m for m, _ in best})
+        if models:
+            rows.append((f"x{RESIDUAL_ORT:g} on ONNX Runtime is within the ceiling of channel pruning (every "
+                         f"prunable layer at its floor)", "**yes**" if all(best[(m, True)][0] >= RESIDUAL_ORT
+                                                                          for m in models if (m, True) in best)
+                         else "**no**",
+                         "; ".join(f"{m}: x{best[(m, True)][0]:.2f} ({best[(m, True)][1]}, counts in multiples of 8)"
+                                   + (f", x{best[(m, False)][0]:.2f} in any count" if (m, False) in best else "")
+                                   for m in models if (m, True) in best)
+                         + f" ([ceiling]({folder_rel}/speed_ceiling.md))"))
+    return rows
 
 
 def on_top(row, runtime):
@@ -263,8 +305,9 @@ def how_measured(results):
             f"{results['load'][1]:.1f}.")
 
 
-def render(results, figure_rel=FIGURE, second_edition=SECOND_EDITION):
-    """The third edition as markdown."""
+def render(results, figure_rel=FIGURE, second_edition=SECOND_EDITION, companions=None, companions_rel="."):
+    """The third edition as markdown; ``companions``: read_companions' results, quoted in the goals
+    table and linked in ``companions_rel``."""
     runtimes = results["runtimes"]
     lines = ["# Benchmarks (third edition: deployment speed)", "",
              f"Written by `{results['command']}` in **{results['wall_min']:.1f} min** (wall time of this invocation, "
@@ -276,7 +319,9 @@ def render(results, figure_rel=FIGURE, second_edition=SECOND_EDITION):
     lines += [f"Each model is pruned by every method its graph allows at the second edition's ratios (no fine-tuning: "
               f"only size and speed are measured here) and timed on {', '.join(rt(r) for r in runtimes)}. The earlier "
               f"editions' accuracy tables: [second edition]({second_edition}).", "", "## Goals (issue 20)", "",
-              markdown_table(["goal", "verdict", "measured"], [list(g) for g in goals(results, second_edition)]), "",
+              markdown_table(["goal", "verdict", "measured"], [list(g) for g in goals(results, second_edition)
+                                                               + companion_goals(companions or {}, companions_rel)]),
+              "",
               "## Every method x runtime", ""]
     for name, result in results["models"].items():
         lines += model_section(name, result, runtimes)
@@ -325,6 +370,7 @@ def write_all(results, out, figures):
     for path, folder in ((out, os.path.dirname(os.path.abspath(out))),
                          (os.path.join(figures, "deploy_benchmarks.md"), os.path.abspath(figures))):
         text = render(results, os.path.relpath(os.path.join(os.path.abspath(figures), FIGURE), folder),
-                      os.path.relpath(second, folder))
+                      os.path.relpath(second, folder), read_companions(figures),
+                      os.path.relpath(os.path.abspath(figures), folder))
         with atomic_write(path, "w") as f:
             f.write(text)

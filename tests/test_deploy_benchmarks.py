@@ -243,3 +243,25 @@ def test_opencv_layer_names_map_to_darknet_layers_and_every_layer_is_profiled(ti
     by_kind, by_res = deploy_models.grouped(layers, kinds)
     assert sum(by_kind.values()) == pytest.approx(sum(by_res.values())) == pytest.approx(sum(layers.values()))
     assert "64x64" in by_res and "stride-1 3x3 conv" in by_kind and "1x1 conv" in by_kind
+
+
+def test_the_companion_benchmarks_results_join_the_goals_table(tmp_path):
+    """photos_deploy's verdicts (accuracy after fine-tuning) and speed_ceiling's floor speed-ups,
+    read from the results folder and linked from the page."""
+    figures = tmp_path / "results"
+    figures.mkdir()
+    (figures / "photos_deploy.json").write_text(json.dumps({"verdicts": [
+        ["yolov3-tiny >= x2 on its best runtime at <= 0.01 loss, 416 px", "met", "x2.40 (ratio, OpenCV DNN)"]]}))
+    floor = {"model": "narrow", "policy": "shortcut", "runtime": "onnxruntime", "planner_multiple": 8}
+    (figures / "speed_ceiling.json").write_text(json.dumps({"rows": [
+        dict(floor, multiple=8, original_ms=30.0, floor_ms=10.0), dict(floor, multiple=1, original_ms=30.0, floor_ms=6.0),
+        dict(floor, runtime="opencv", multiple=1, planner_multiple=1, original_ms=30.0, floor_ms=3.0)]}))
+    out = tmp_path / "B.md"
+    deploy_report.write_all(small_results(), str(out), str(figures))
+    text = out.read_text()
+    assert ("| yolov3-tiny >= x2 on its best runtime at <= 0.01 loss, 416 px | **met** | *own data*: x2.40 (ratio, "
+            "OpenCV DNN) ([own data](results/photos_deploy.md)) |") in text
+    row = next(line for line in text.splitlines() if "within the ceiling of channel pruning" in line)
+    assert "| **no** | narrow: x3.00 (shortcut, counts in multiples of 8), x5.00 in any count" in row
+    assert "([ceiling](results/speed_ceiling.md))" in row
+    assert "the rows marked *own data* below" in text

@@ -326,3 +326,39 @@ def test_next_target_brackets_the_budget_between_measured_points():
     assert 0.001 < next_target(points, 20.0) < 18.9
     assert next_target([(27.7, 27.5), (18.9, 26.3)], 20.0) == 1e-3    # the line runs below zero: floor
     assert next_target([(100.0, 10.0), (90.0, 9.0)], 90.0) == 98.0    # faster than any budget: capped
+
+
+def test_the_floor_plan_keeps_every_unit_at_the_least_its_ladder_allows(tiny):
+    """plan_at_floor: each prunable unit keeps the smallest multiple of 8 at or above --layer-keep
+    of its width (or all of it); the model is still exact, and smaller than a ratio's plan."""
+    from yoloslim.prune.latency_plan import plan_at_floor
+    policy = POLICIES["tiny"]
+    compact, plans = plan_at_floor(tiny, policy, 0.25, 8)
+    units = BudgetPlanner(tiny, policy, None, 0.25, 8).units
+    masks = {c: m for plan in plans for c, m in plan.masks.items()}
+    assert units and all(u.convs[0] in masks for u in units if u.width > 8)
+    for u in units:
+        kept = int(masks[u.convs[0]].sum()) if u.convs[0] in masks else u.width
+        assert kept == u.width or (kept % 8 == 0 and kept >= 0.25 * u.width > kept - 8), (u.convs, kept, u.width)
+    ratio, _ = prune(tiny, policy, 0.5, 0.05)
+    assert count_flops(compact, SIZE) < count_flops(ratio, SIZE)
+    (plan,) = plans
+    assert relative_difference(compact, zeroed_reference(tiny, plan)) < 1e-6
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_the_bounded_search_removes_only_what_the_ratios_threshold_would(tiny, built, ratio):
+    """At the ratio plan's own predicted ms, every channel under the threshold found is one the
+    ratio's threshold removes too, every unit keeps the channels over it, and the budget is met."""
+    planner = planner_for(tiny, built[0])
+    _, gamma_plans = prune(tiny, POLICIES["tiny"], ratio, 0.05)
+    gamma = planner.kept_of(gamma_plans[0])
+    target = planner.cost(gamma, "ms")
+    kept, _, threshold = planner.search_below_threshold({"ms": target})
+    assert planner.cost(kept, "ms") <= target
+    below = torch.cat([s[s < threshold] for s in planner.scores])    # the only candidates: all the ratio's too
+    assert len(below) and float(below.max()) <= gamma_plans[0].threshold
+    for k, scores in enumerate(planner.scores):
+        assert kept[k] >= int((scores >= threshold).sum())
+    # the same candidates at most, ranked by ms: within a channel (of rounding) of the ratio's importance
+    assert planner.removed_importance(kept) <= planner.removed_importance(gamma) + float(below.max())

@@ -6,6 +6,7 @@ the data's classes), and after every run the user's files are byte-identical.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,3 +147,43 @@ def test_a_users_data_gets_the_longer_fine_tune_unless_told(users):
     assert slim.parse_args(["--data", users["data"], "--out", out]).finetune_epochs == slim.DATA_FINETUNE_EPOCHS == 8
     assert slim.parse_args(["--data", users["data"], "--out", out, "--finetune-epochs", "2"]).finetune_epochs == 2
     assert slim.parse_args(["--out", out]).finetune_epochs == 4
+
+
+def test_a_latency_budget_replaces_the_ratio(users, tmp_path):
+    """--target-ms: the plan comes from the latency planner, is fine-tuned like a ratio's, and the
+    report judges the measured ms against the budget (met or missed: this machine's speed decides)."""
+    from yoloslim.darknet.load import load_model
+    from yoloslim.deploy.layer_latency import LatencyCache, RuntimeTimer, build_tables
+    cfg, weights = random_model(2, os.path.join(users["model"], "budget"), version=(0, 2, 5))
+    cache_home = str(tmp_path / "xdg")
+    model = load_model(cfg, weights, 64).eval()
+    tables = build_tables(model, "opencv", None, 64, 1, RuntimeTimer("opencv", 1),
+                          LatencyCache("opencv", 1, os.path.join(cache_home, "yoloslim", "latency")), False)
+    target = round(0.7 * tables.predict({}), 3)
+    before = tree_digest(users["mine"])
+    proc = subprocess.run([sys.executable, "slim.py", "--data", users["data"], "--cfg", cfg, "--weights", weights,
+                           "--out", users["out"], "--target-ms", str(target), "--runtime", "opencv", *QUICK],
+                          cwd=ROOT, capture_output=True, text=True, timeout=HANG_LIMIT,
+                          env={**ENV, "XDG_CACHE_HOME": cache_home})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert tree_digest(users["mine"]) == before
+    assert f"prune (tiny, to {target:g} ms on opencv)" in proc.stdout
+    assert "latency tables:" in proc.stdout and "calibration: planned for" in proc.stdout
+    text, rep = report(users["out"])
+    assert rep["budget"]["target"]["ms"] == target and rep["timing"]["runtimes"] == ["opencv"]
+    assert "Plan found for the budget, not a ratio" in text and "ratio_search" not in text
+    assert re.search(rf"budget (met|missed by \d+%): predicted [\d.]+ ms, measured [\d.]+ ms, target {target:g} ms",
+                     text)
+    row = next(r for r in text.splitlines() if r.startswith("| OpenCV latency (--target-ms) |"))
+    assert row.startswith(f"| OpenCV latency (--target-ms) | <= {target:g} ms |"), row
+    assert rep["rows"]["pruned"]["params"] < rep["rows"]["sparsity-trained"]["params"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-ms", "5"], "--target-ms is a budget on one runtime: pass --runtime"),
+    (["--target-ms", "5", "--runtime", "opencv,onnxruntime"], "--target-ms is a budget on one runtime"),
+    (["--target-ms", "5", "--runtime", "opencv", "--percent", "0.5"], "--percent 0.5 fixes the ratio"),
+])
+def test_contradicting_a_latency_budget_is_refused_before_any_work(users, flags, message):
+    out = slim("--data", users["data"], "--out", users["out"], *flags, expect=2)
+    assert message in out and not os.path.exists(users["out"])

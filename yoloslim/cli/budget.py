@@ -59,21 +59,21 @@ def check_budget(args, channels=True):
     return BudgetRequest(args.target_ms, args.runtime[0], args.target_flops, args.target_params)
 
 
-def run_budget(args, request, model, policy, graph, size, n_blocks=0):
+def run_budget(request, model, policy, graph, size, threads, layer_keep=None, n_blocks=0):
     """Plan and build the pruned model, calibrating the plan's target against the measured model;
     prints the prediction. Returns (compact, plans, BudgetReport)."""
-    layer_keep = args.layer_keep if args.layer_keep is not None else DEFAULT_LAYER_KEEP
-    print(f"planning to --target-ms {request.target_ms:g} on {request.runtime} ({args.threads} thread(s), {size} px, "
+    layer_keep = layer_keep if layer_keep is not None else DEFAULT_LAYER_KEEP
+    print(f"planning to --target-ms {request.target_ms:g} on {request.runtime} ({threads} thread(s), {size} px, "
           f"--layer-keep {layer_keep:g}) ...", flush=True)
 
     def plan(target):
-        return plan_to_budget(model, policy, request.runtime, size, args.threads, target, request.target_flops,
+        return plan_to_budget(model, policy, request.runtime, size, threads, target, request.target_flops,
                               request.target_params, layer_keep, graph, n_blocks)
 
     compact, plans, report = plan(request.target_ms)
     cached = "all from the cache" if not report.measured_points else f"{report.measured_points} measured"
     print(f"latency tables: {cached}; the rest of the model (not convs) predicted as one constant")
-    compact, plans, report = calibrate(plan, request, model, (compact, plans, report), size, args.threads)
+    compact, plans, report = calibrate(plan, request, model, (compact, plans, report), size, threads)
     print("\n".join(report.lines()))
     return compact, plans, report
 

@@ -16,7 +16,7 @@ from yoloslim.deploy.latency import CHEAP, RUNTIMES, Deployable, default_runtime
 from yoloslim.deploy.parity import within
 from yoloslim.pipeline.stages import measure
 from yoloslim.prune.graph import analyze
-from yoloslim.prune.report import channel_table, comparison_table
+from yoloslim.prune.report import channel_table, comparison_table, removed_share
 from yoloslim.prune.engine import POLICIES, BNImportance, make_units, prune, unit_scores, write_pruned
 from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS
 from yoloslim.deploy.reader_checks import check_written_pair
@@ -168,8 +168,9 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
         args.percent = args.search.ratio
     t0 = time.perf_counter()
     if args.budget:
-        compact, plans, args.budget_report = run_budget(args, args.budget, model, policy, graph,
-                                                        args.img_size or model.img_size[0], n_blocks)
+        compact, plans, args.budget_report = run_budget(args.budget, model, policy, graph,
+                                                        args.img_size or model.img_size[0], args.threads,
+                                                        args.layer_keep, n_blocks)
         args.percent = round(removed_share(plans), 4)
         if args.percent == 0 and not n_blocks:
             raise PruneError(f"--target-ms {args.target_ms:g}: the unpruned model already meets it (predicted "
@@ -208,11 +209,6 @@ def plan_at_percent(args, model, policy, graph, channels, n_blocks):
         elif plan.masks:  # l1 importance: a per-layer share, no global threshold
             print(f"l1: each layer keeps its strongest {1 - percent:.0%} of filters by L1 norm (at least one)")
     return compact, plans
-
-
-def removed_share(plans):
-    masks = [m for plan in plans for m in plan.masks.values()]
-    return sum(int((~m).sum()) for m in masks) / max(1, sum(m.numel() for m in masks))
 
 
 def _write_and_check(args, model, compact, plans, method, n_blocks, surgery_s, work, folder, stem):
