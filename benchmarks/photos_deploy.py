@@ -32,14 +32,12 @@ import sys
 import tempfile
 import time
 
+from yoloslim.cli import checks
+from yoloslim.errors import SlimError, cli_main
+from yoloslim.io import atomic_write
+from yoloslim.pipeline.stages import file_digest, markdown_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from yoloslim.cli import checks  # noqa: E402
-from yoloslim.errors import SlimError, cli_main  # noqa: E402
-from yoloslim.io import atomic_write  # noqa: E402
-from yoloslim.pipeline.stages import file_digest, markdown_table  # noqa: E402
-
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 INT8_RUNTIMES = ("onnxruntime", "openvino")     # the runtimes that run ONNX Runtime's QDQ model as int8
 LABELS = {"torch": "PyTorch", "opencv": "OpenCV DNN", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -63,7 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=checks.img_size, default=256, help="the size the jobs train at")
     p.add_argument("--deploy-size", type=checks.img_size, action="append", default=None,
                    help="further sizes to evaluate and time at (repeatable; default 416)")
-    p.add_argument("--runtime", default="onnxruntime", choices=("opencv", "onnxruntime", "openvino"), help="the runtime the budget job's --target-ms is on")
+    p.add_argument("--runtime", default="onnxruntime", choices=("opencv", "onnxruntime", "openvino"),
+                   help="the runtime the budget job's --target-ms is on")
     p.add_argument("--threads", type=checks.positive_int, default=1)
     p.add_argument("--runs", type=checks.positive_int, default=30, help="timed runs per model (after 5 warm-up)")
     p.add_argument("--calib-images", type=checks.positive_int, default=100, help="int8 calibration images")
@@ -124,7 +123,11 @@ def pairs(run_dir):
     """The base (the pruned model's unpruned self) and the final pair of a slim run folder."""
     stage = "sparse" if os.path.isdir(os.path.join(run_dir, "sparse")) else "train"
     final = os.path.join(run_dir, "final")
-    cfg = next(f for f in sorted(os.listdir(final)) if f.endswith(".cfg"))
+    cfg = next((f for f in sorted(os.listdir(final)) if f.endswith(".cfg")), None) if os.path.isdir(final) else None
+    base = os.path.join(run_dir, stage, "last.weights")
+    if cfg is None or not os.path.isfile(base):
+        raise SlimError(f"{run_dir}: not a finished slim.py run folder (no final/*.cfg or {stage}/last.weights); "
+                        f"point --ratio-run / --budget-run at copies of finished runs, or at new folders")
     return ((os.path.join(run_dir, stage, "model.cfg"), os.path.join(run_dir, stage, "last.weights")),
             (os.path.join(final, cfg), os.path.join(final, cfg[:-4] + ".weights")))
 

@@ -17,14 +17,12 @@ import os
 import sys
 import time
 
+from yoloslim.cli import checks
+from yoloslim.errors import cli_main
+from yoloslim.io import atomic_write
+from yoloslim.pipeline.stages import markdown_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from yoloslim.cli import checks  # noqa: E402
-from yoloslim.errors import cli_main  # noqa: E402
-from yoloslim.io import atomic_write  # noqa: E402
-from yoloslim.pipeline.stages import markdown_table  # noqa: E402
-
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MODELS = {   # name: (cfg, the policies its graph allows that differ)
     "tiny": ("cfg/yolov3-tiny.cfg", ("tiny",)),

@@ -360,5 +360,5 @@ def test_the_bounded_search_removes_only_what_the_ratios_threshold_would(tiny, b
     assert len(below) and float(below.max()) <= gamma_plans[0].threshold
     for k, scores in enumerate(planner.scores):
         assert kept[k] >= int((scores >= threshold).sum())
-    # the same candidates at most, ranked by ms: within a channel (of rounding) of the ratio's importance
-    assert planner.removed_importance(kept) <= planner.removed_importance(gamma) + float(below.max())
+    # it removes some of those candidates (the weakest of each unit), never a channel over the threshold
+    assert 0 < planner.removed_importance(kept) <= float(below.sum()) * (1 + 1e-6)

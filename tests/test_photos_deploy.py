@@ -116,6 +116,16 @@ def test_runs_pruned_from_different_base_models_are_refused(runs, tmp_path):
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "p.md").exists()
 
 
+def test_a_run_folder_without_its_final_pair_is_refused(runs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["root"] / "ratio", broken)
+    shutil.rmtree(broken / "final")
+    proc = run_script("--data", runs["data"], "--ratio-run", str(broken), "--budget-run", str(runs["root"] / "budget"),
+                      "--run", str(tmp_path / "unused"), "--img-size", "64", "--out", str(tmp_path / "p.md"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"error: {broken}: not a finished slim.py run folder" in proc.stderr and not (tmp_path / "p.md").exists()
+
+
 def timing(ms):
     return {"median": ms, "p10": ms, "p90": ms}
 
