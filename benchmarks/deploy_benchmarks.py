@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.chdir(ROOT)
 
 from deploy_report import write_all  # noqa: E402
+from results_file import rewrite_from  # noqa: E402
 from yoloslim.cli import checks  # noqa: E402
 from yoloslim.errors import SlimError, cli_main  # noqa: E402
 from yoloslim.io import atomic_write  # noqa: E402
@@ -136,16 +137,7 @@ def measure_all(args, results, load):
 
 def rewrite_report(args):
     path = os.path.join(args.figures, RESULTS)
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SlimError(f"{path}: cannot read the results of a finished run ({e}); run without --report-only")
-    try:
-        write_all(results, args.out, args.figures)
-    except (KeyError, TypeError) as e:
-        raise SlimError(f"{path}: no {e} in it (not written by this version of the benchmark); "
-                        f"run without --report-only to measure again")
+    rewrite_from(path, lambda results: write_all(results, args.out, args.figures))
     print(f"wrote {args.out} from {path}")
 
 

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from results_file import rewrite_from
 from yoloslim.cli import checks
 from yoloslim.errors import SlimError, cli_main
 from yoloslim.io import atomic_write
@@ -333,14 +334,8 @@ def write_page(args, results, meta):
 
 
 def rewrite_page(args):
-    path = os.path.splitext(args.out)[0] + ".json"
-    try:
-        with open(path) as f:
-            found = json.load(f)
-        results = {int(k): v for k, v in found["results"].items()}
-        return write_page(args, results, found["meta"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SlimError(f"{path}: cannot read the results of a finished run ({e}); run without --report-only")
+    return rewrite_from(os.path.splitext(args.out)[0] + ".json", lambda found: write_page(
+        args, {int(k): v for k, v in found["results"].items()}, found["meta"]))
 
 
 def main(argv=None):

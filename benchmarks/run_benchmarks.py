@@ -28,6 +28,7 @@ os.chdir(ROOT)
 from bench_models import (MODELS, finetune_models, prune_model, quick_settings,  # noqa: E402
                                      train_models, worker_threads)
 from bench_report import write_figures, write_report  # noqa: E402
+from results_file import rewrite_from  # noqa: E402
 from bench_studies import input_size_study, iterative_vs_oneshot, ratio_sweep, surgery_times  # noqa: E402
 from yoloslim.cli import checks  # noqa: E402
 from yoloslim.errors import cli_main  # noqa: E402
@@ -78,19 +79,12 @@ def save_results(args, results, t0):
 
 
 def rewrite_report(args):
-    from yoloslim.errors import SlimError
     path = os.path.join(args.figures, "results.json")
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SlimError(f"{path}: cannot read the results of a finished run ({e}); run without --report-only")
-    try:
+
+    def write(results):
         write_figures(results, args.figures)
         write_report(args, results)
-    except (KeyError, TypeError) as e:   # another version's results, or not this script's
-        raise SlimError(f"{path}: no {e} in it (not written by this version of the benchmark); "
-                        f"run without --report-only to measure again")
+    rewrite_from(path, write)
     print(f"wrote {args.out} and {args.figures}/ from {path}")
 
 

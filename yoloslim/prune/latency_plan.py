@@ -275,11 +275,14 @@ class BudgetPlanner:
         """Ladders that keep every channel whose importance reaches ``threshold``."""
         return [_bounded(r, int((s >= threshold).sum())) for r, s in zip(self.ladders, self.scores)]
 
+    def by_key(self, kept):
+        """{unit key: count} of the units kept counts {unit index: count} prune, as the engine takes them."""
+        return {unit_key(self.units[k]): n for k, n in kept.items() if n < self.units[k].width}
+
     def build(self, kept):
         """(compact model, engine plans) of kept counts {unit index: count}: the engine's masks by
         importance, compensation and surgery."""
-        by_key = {unit_key(self.units[k]): n for k, n in kept.items() if n < self.units[k].width}
-        return prune(self.model, self.policy, graph=self.graph, kept=by_key)
+        return prune(self.model, self.policy, graph=self.graph, kept=self.by_key(kept))
 
     def _best_step(self, current, budget, gains):
         best, best_key = None, None
@@ -361,15 +364,14 @@ def plan_to_budget(model, policy, runtime, img_size, threads, target_ms=None, ta
                                                                            timer, cache, progress)
     goals, before = _goals(planner, original, original_tables, size, target_ms, target_flops, target_params)
     kept, steps, threshold = planner.search_below_threshold(goals)
-    by_key = {unit_key(planner.units[k]): n for k, n in kept.items() if n < planner.units[k].width}
     compact, channel_plans = planner.build(kept)
     measured = sum(t.measured for t in {id(t): t for t in (planner.tables, original_tables) if t}.values())
     report = BudgetReport(
         predicted_ms=planner.cost(kept, "ms") if planner.tables else None,
         original_ms=before.get("ms"), target=goals, removed_importance=planner.removed_importance(kept),
         total_importance=planner.total_importance(), predicted={b: planner.cost(kept, b) for b in goals},
-        original=before, kept=by_key, runtime=runtime, threads=threads, img_size=size, multiple=multiple,
-        steps=steps, measured_points=measured, threshold=threshold)
+        original=before, kept=planner.by_key(kept), runtime=runtime, threads=threads, img_size=size,
+        multiple=multiple, steps=steps, measured_points=measured, threshold=threshold)
     return compact, plans + channel_plans, report
 
 
