@@ -6,7 +6,6 @@ names the file, never a torch/numpy traceback. Hypothesis generates thousands of
 import os
 import random
 import re
-import tempfile
 
 import numpy as np
 import pytest
@@ -229,7 +228,6 @@ def small_model():
 
 VALID = small_model().darknet_weights_bytes()
 NEED_FLOATS = small_model().darknet_float_count()
-WORK = tempfile.mkdtemp(prefix="yoloslim-fuzz-")
 
 
 def header_size(blob):
@@ -258,8 +256,14 @@ def weights_bytes(draw):
     return blob
 
 
-def write_blob(blob):
-    path = os.path.join(WORK, "fuzz.weights")
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One folder for the module (hypothesis refuses function-scoped fixtures)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def write_blob(folder, blob):
+    path = os.path.join(folder, "fuzz.weights")
     with open(path, "wb") as f:
         f.write(blob)
     return path
@@ -267,8 +271,8 @@ def write_blob(blob):
 
 @settings(max_examples=600, **FAST)
 @given(weights_bytes())
-def test_weights_files_load_exactly_or_raise_weights_error(blob):
-    path = write_blob(blob)
+def test_weights_files_load_exactly_or_raise_weights_error(work, blob):
+    path = write_blob(work, blob)
     model = small_model()
     try:
         model.load_darknet_weights(path)
@@ -278,25 +282,25 @@ def test_weights_files_load_exactly_or_raise_weights_error(blob):
     assert len(blob) == header_size(blob) + 4 * NEED_FLOATS
 
 
-def test_valid_weights_round_trip():
-    path = write_blob(VALID)
+def test_valid_weights_round_trip(work):
+    path = write_blob(work, VALID)
     model = small_model().load_darknet_weights(path)
     assert model.darknet_weights_bytes() == VALID
 
 
 @pytest.mark.parametrize("n", [16, 17, 19])
-def test_header_cut_inside_the_seen_field_is_a_weights_error(n):
+def test_header_cut_inside_the_seen_field_is_a_weights_error(work, n):
     """Version 0.2 promises an 8-byte 'seen' but the file stops before it ends."""
-    path = write_blob(VALID[:n])
+    path = write_blob(work, VALID[:n])
     with pytest.raises(WeightsError, match="fuzz.weights"):
         read_weights_file(path)
 
 
 @settings(max_examples=200, **FAST)
 @given(st.integers(0, len(VALID)))
-def test_backbone_cutoff_accepts_longer_files_only(n):
+def test_backbone_cutoff_accepts_longer_files_only(work, n):
     """With a cutoff the file may be longer than the backbone needs, never shorter."""
-    path = write_blob(VALID[:n])
+    path = write_blob(work, VALID[:n])
     model = small_model()
     need = model.darknet_float_count(cutoff=1)
     try:
