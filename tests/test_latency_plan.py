@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from yoloslim.darknet.cfg import parse_cfg_text, parse_model_cfg, write_model_cf
 from yoloslim.darknet.load import load_model
 from yoloslim.darknet.model import Darknet
 from yoloslim.deploy.layer_latency import (ConvShape, LatencyCache, LayerTable, RuntimeTimer, _cliffs, _layer_table,
-                                           build_tables, grid_counts)
+                                           build_tables, grid_counts, model_key)
 from yoloslim.deploy.measure import count_flops, randomize_weights
 from yoloslim.errors import PruneError
 from yoloslim.prune.engine import POLICIES, PowerOfTwo, Policy, prune, unit_key, zeroed_reference
@@ -68,6 +69,42 @@ def test_a_second_build_reads_every_point_from_the_cache(built, cache_home):
     assert second.predict({}) == pytest.approx(first.predict({}))
     files = os.listdir(os.path.join(cache_home, "yoloslim", "latency"))
     assert len(files) == 1 and "opencv" in files[0] and files[0].endswith("-t1.json")
+
+
+class MachineNow(RuntimeTimer):
+    """A timer whose whole-model check returns what the machine is said to run the model in now."""
+    now_ms = None
+
+    def whole(self, model, img_size):
+        self.checks += 1
+        return self.now_ms
+
+
+def test_a_cached_calibration_the_machine_disagrees_with_is_measured_again(tiny, built, cache_home, monkeypatch,
+                                                                         tmp_path):
+    """A calibration set cached while other jobs held the cores would set every level too high:
+    one whole-model timing per process checks it; past STALE the set (not the grids) is taken again."""
+    from yoloslim.deploy import layer_latency
+    folder = shutil.copytree(os.path.join(cache_home, "yoloslim", "latency"), tmp_path / "latency")  # theirs stays
+    cache = LatencyCache(RUNTIME, 1, str(folder))
+    key = model_key(tiny, (SIZE, SIZE)) + "/model"
+    cached_ms = cache.points[key]
+    runs = []
+    for now in (cached_ms * 1.2, cached_ms / 10):          # within STALE, then 10 times faster
+        monkeypatch.setattr(layer_latency, "_FRESH", set())  # as a new process
+        timer = MachineNow(RUNTIME, 1)
+        timer.now_ms = now
+        tables = build_tables(tiny, RUNTIME, None, SIZE, 1, timer, LatencyCache(RUNTIME, 1, cache.folder), False)
+        runs.append((timer, tables))
+    (agreed, kept), (disagreed, remeasured) = runs
+    assert agreed.checks == 1 and agreed.calls == 0 and kept.whole_ms == cached_ms
+    assert disagreed.checks == 1 and disagreed.calls == 1          # the calibration set only: no grid point
+    layers = {shape.key(cin, cout) for shape, cin, cout in remeasured.shapes.values()}
+    assert remeasured.measured == 2 + len(layers) and remeasured.whole_ms != cached_ms
+    assert LatencyCache(RUNTIME, 1, cache.folder).points[key] == remeasured.whole_ms
+    again = MachineNow(RUNTIME, 1)
+    build_tables(tiny, RUNTIME, None, SIZE, 1, again, LatencyCache(RUNTIME, 1, cache.folder), False)
+    assert again.checks == 0 and again.calls == 0                  # once per process
 
 
 def test_the_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
@@ -227,7 +264,7 @@ def test_grouped_routes_keep_equal_halves_under_a_budget():
 
 def test_a_budget_below_what_the_floor_allows_is_refused(tiny, built):
     planner = planner_for(tiny, built[0], layer_keep=0.5)
-    with pytest.raises(PruneError, match=r"--target-ms 0\.00 ms cannot be met: with every prunable layer at its floor"):
+    with pytest.raises(PruneError, match=r"--target-ms 1e-06 ms cannot be met: with every prunable layer at its floor"):
         planner.search({"ms": 1e-6})
 
 

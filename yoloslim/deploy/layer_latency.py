@@ -22,7 +22,10 @@ that one set.
 Measurements are cached on disk per machine, runtime version and thread count (key: the CPU model
 string, the runtime and its version, the threads, and each layer's shape including its input
 size), under ``$XDG_CACHE_HOME/yoloslim/latency/`` (default ``~/.cache``): a second build of the
-same tables measures nothing.
+same tables measures no layer. It times the whole model once (once per process), though: a
+calibration set measured while other jobs held the cores sets every level too high (yolov2 at
+64 px was cached at 432 ms and ran in 25), and its grids keep their shape but not their level, so
+a cached set the machine no longer agrees with (by STALE either way) is measured again.
 """
 import hashlib
 import json
@@ -47,6 +50,8 @@ LOW_QUANTILE = 0.2
 REFINE_ROUNDS = 2      # at most this many halvings of a grid step around a cliff
 CLIFF = 2.0            # time growing this much faster than the FLOPs over a grid step marks a cliff
 GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples of 8, plus the floor of 8
+STALE = 1.5            # a cached whole-model time this far from the machine's now is measured again
+_FRESH = set()         # calibration sets confirmed by a whole-model timing in this process
 
 
 # ----------------------------------------------------------------------------- where, for whom
@@ -231,6 +236,7 @@ class RuntimeTimer:
     runs: int = TABLE_RUNS
     warmup: int = TABLE_WARMUP
     calls: int = 0           # measurements made (tests check that a cached build makes none)
+    checks: int = 0          # whole-model timings that checked a cached calibration set
 
     def layer(self, shape, points):
         """{(cin, cout): ms} of one conv at each of ``points``."""
@@ -248,6 +254,14 @@ class RuntimeTimer:
             for k, (name, (shape, cin, cout)) in enumerate(layers.items()):
                 fns[name] = one_layer_call(self.runtime, shape, cin, cout, self.threads, _folder(tmp, k))
             return self._interleaved(fns)
+
+    def whole(self, model, img_size):
+        """ms of the whole model alone: the check of a cached calibration set (not counted in calls)."""
+        self.checks += 1
+        with tempfile.TemporaryDirectory(prefix="model-latency-") as tmp:
+            run = latency.LOADERS[self.runtime](latency.as_deployable(model), img_size, self.threads, tmp)
+            with latency.thread_count(self.runtime, self.threads):
+                return _typical(latency.interleave({"model": run}, self.runs, self.warmup)["model"])
 
     def _interleaved(self, fns):
         self.calls += 1
@@ -370,9 +384,19 @@ def _calibration(timer, cache, new, model, size, shapes):
     prefix = model_key(model, size) + "/"
     layers = {shape.key(cin, cout): (shape, cin, cout) for shape, cin, cout in shapes.values()}
     names = ["model", "overhead", *layers]
-    if not all(prefix + n in cache.points for n in names):
+    cached = all(prefix + n in cache.points for n in names)
+    if not cached or _stale(timer, cache, model, size, prefix):
         new.update({prefix + n: ms for n, ms in timer.calibrate(model, size, layers).items()})
+    _FRESH.add((cache.path, prefix))
     return {n: new.get(prefix + n, cache.points.get(prefix + n)) for n in names}
+
+
+def _stale(timer, cache, model, size, prefix):
+    """Whether the machine now runs the model STALE times faster or slower than the cached set says."""
+    if (cache.path, prefix) in _FRESH:
+        return False
+    then, now = cache.points[prefix + "model"], timer.whole(model, size)
+    return not then / STALE <= now <= then * STALE
 
 
 def _layer_table(timer, cache, new, shape, ins, outs, full_counts, full_ms):

@@ -72,7 +72,7 @@ class BudgetReport:
 
 
 def _fmt(value, budget):
-    return f"{value:.2f}" if budget == "ms" else f"{value:,.0f}" if budget == "params" else f"{value / 1e9:.3f}G"
+    return f"{value:.3g}" if budget == "ms" else f"{value:,.0f}" if budget == "params" else f"{value / 1e9:.3f}G"
 
 
 # ----------------------------------------------------------------------------- what a count changes
