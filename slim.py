@@ -38,7 +38,7 @@ import torch
 
 from yoloslim.cli import checks
 from yoloslim.cli.auto_percent import AUTO, auto_or, search_checkpoint
-from yoloslim.cli.budget import BudgetRequest, budget_line, run_budget
+from yoloslim.cli.budget import BudgetRequest, budget_line, nothing_to_prune, run_budget
 from yoloslim.darknet.bn_readers import DEFAULT_READER, READER_HELP, READERS
 from yoloslim.darknet.load import load_model, model_from_checkpoint
 from yoloslim.errors import SlimError, cli_main
@@ -357,8 +357,7 @@ def prune_to_budget(args, checkpoint, policy_name):
                                                     args.timing_threads, args.layer_keep)
     args.percent = round(removed_share(plans), 4)
     if args.percent == 0:
-        raise SlimError(f"--target-ms {args.target_ms:g}: the unpruned model already meets it (predicted "
-                        f"{args.budget_report.original_ms:.2f} ms on {args.budget.runtime}); nothing to prune")
+        raise SlimError(nothing_to_prune(args.budget, args.budget_report))
     return model, compact, plans
 
 

@@ -355,6 +355,38 @@ def test_calibration_replans_until_the_measured_model_meets_the_budget(monkeypat
     assert max(planned_for) <= 98.0 and len(planned_for) == budget.CALIBRATION_ROUNDS + 1
 
 
+def test_a_model_predicted_within_the_budget_is_timed_before_nothing_is_pruned(monkeypatch):
+    """The tables say the unpruned model meets the budget: only a measurement may say so. Measured
+    over it (the machine runs the model x1.4 the cached calibration), the plan is made for a
+    proportionally lower target; measured within it, the refusal quotes the measurement."""
+    import types
+    from yoloslim.cli import budget
+    planned_for = []
+
+    def plan(target):
+        planned_for.append(target)
+        predicted = min(target, 100.0)                           # the unpruned model: 100 ms predicted
+        report = types.SimpleNamespace(predicted_ms=predicted, original_ms=100.0, target={"ms": target},
+                                       original_timed_ms=None)
+        return (types.SimpleNamespace(predicted=predicted), ["plans"], report)
+
+    slower = 1.4
+    monkeypatch.setattr(budget, "measure_original", lambda *a: slower * 100.0)
+    monkeypatch.setattr(budget, "measure_plan", lambda model, compact, *a: (slower * compact.predicted, 140.0))
+    request = budget.BudgetRequest(target_ms=120.0, runtime="onnxruntime")
+    compact, _, report = budget.calibrate(plan, request, None, plan(120.0), 64, 1)
+    assert planned_for[:2] == [120.0, pytest.approx(100.0 * 120.0 / 140.0)]
+    assert slower * compact.predicted == pytest.approx(120.0) and report.predicted_ms < report.original_ms
+
+    planned_for.clear()
+    slower = 1.1
+    compact, _, report = budget.calibrate(plan, request, None, plan(120.0), 64, 1)
+    assert planned_for == [120.0] and report.original_timed_ms == pytest.approx(110.0)
+    assert budget.nothing_to_prune(request, report) == ("--target-ms 120: the unpruned model already meets it "
+                                                        "(predicted 100.00 ms, measured 110.00 ms on onnxruntime); "
+                                                        "nothing to prune")
+
+
 def test_next_target_brackets_the_budget_between_measured_points():
     """Far from proportional (OpenVINO): once one plan runs under the budget and one over, the next
     target lies between them, never past the unpruned model's prediction."""

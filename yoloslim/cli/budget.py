@@ -90,9 +90,22 @@ def calibrate(plan, request, model, planned, size, threads):
     times at most. The plan measured closest to the budget is kept; the run's final check times it
     once more.
     """
-    if planned[2].predicted_ms >= planned[2].original_ms:
-        return planned              # nothing pruned: the budget needs no plan, and the caller says so
     target, points, tried = request.target_ms, [], []
+    if planned[2].predicted_ms >= planned[2].original_ms:
+        # nothing pruned: the tables say the model meets the budget as it is; only a measurement
+        # may say so to the user (whole-model times drift from the cached calibration)
+        original_measured = planned[2].original_timed_ms = measure_original(model, request.runtime, size, threads)
+        print(f"calibration: the unpruned model is predicted at {planned[2].original_ms:.2f} ms, measured "
+              f"{original_measured:.2f} ms", flush=True)
+        if original_measured <= request.target_ms:
+            return planned          # the caller says there is nothing to prune
+        points.append((planned[2].original_ms, original_measured))
+        target = next_target(points, request.target_ms)
+        try:
+            planned = plan(target)
+        except PruneError as e:
+            raise PruneError(f"--target-ms {request.target_ms:g}: the unpruned model measured {original_measured:.2f} "
+                             f"ms here (the tables predicted {planned[2].original_ms:.2f}); scaled to that, {e}") from None
     for round_ in range(CALIBRATION_ROUNDS + 1):
         measured, original_measured = measure_plan(model, planned[0], request.runtime, size, threads)
         print(f"calibration: planned for {target:.2f} ms, predicted {planned[2].predicted_ms:.2f} ms, measured "
@@ -120,14 +133,28 @@ def measure_plan(model, compact, runtime, size, threads):
     return timed["pruned"].median, timed["original"].median
 
 
+def nothing_to_prune(request, report):
+    """The refusal when the model already meets the budget, with the measurement behind it."""
+    measured = (f", measured {report.original_timed_ms:.2f} ms" if report.original_timed_ms is not None
+                else "")
+    return (f"--target-ms {request.target_ms:g}: the unpruned model already meets it (predicted "
+            f"{report.original_ms:.2f} ms{measured} on {request.runtime}); nothing to prune")
+
+
+def measure_original(model, runtime, size, threads):
+    from yoloslim.deploy.latency import compare
+    return compare({"original": model}, runtime, size, threads, CALIBRATION_RUNS)["original"].median
+
+
 def next_target(points, budget):
     """The planner target whose measured ms should meet ``budget``, from (target, measured ms)
     points: between the nearest points on either side of the budget where there are both (false
-    position), else along the line through the two nearest above it. Never past the unpruned
+    position), else along the line through the two nearest above it (in proportion, from one
+    point). Never past the unpruned
     model's own prediction (the first point), where nothing would be pruned, nor to zero."""
     above = sorted((p for p in points if p[1] > budget), key=lambda p: p[1])
     below = sorted((p for p in points if p[1] <= budget), key=lambda p: -p[1])
-    a, b = (above[0], below[0]) if above and below else (above + below)[:2]
+    a, b = (above[0], below[0]) if above and below else ((above + below) * 2)[:2]   # one point: a == b
     slope = (a[1] - b[1]) / (a[0] - b[0]) if a[0] != b[0] else 0.0
     target = a[0] + (budget - a[1]) / slope if slope > 0 else a[0] * budget / a[1]
     return min(max(target, 1e-3), 0.98 * points[0][0])
@@ -139,7 +166,7 @@ def budget_line(report, measured, original_measured):
     if measured is None:
         return (f"budget not checked: predicted {report.predicted_ms:.2f} ms, target {target:g} ms "
                 f"(the written model was not timed)")
-    verdict = "met" if measured <= target else f"missed by {measured / target - 1:.0%}"
+    verdict = "met" if measured <= target else f"missed by {measured / target - 1:.1%}"
     return (f"budget {verdict}: predicted {report.predicted_ms:.2f} ms, measured {measured:.2f} ms, target "
             f"{target:g} ms on {report.runtime} (original: predicted {report.original_ms:.2f} ms, measured "
             f"{original_measured:.2f} ms, interleaved)")

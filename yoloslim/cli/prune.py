@@ -21,7 +21,8 @@ from yoloslim.prune.engine import POLICIES, BNImportance, make_units, prune, uni
 from yoloslim.darknet.bn_readers import DEFAULT_READER, INPUT_READER_HELP, READER_HELP, READERS
 from yoloslim.deploy.reader_checks import check_written_pair
 from yoloslim.cli.auto_percent import add_search_options, percent_value, resolve_criterion, run_search
-from yoloslim.cli.budget import VERIFY_RUNS, add_budget_options, budget_line, check_budget, run_budget
+from yoloslim.cli.budget import (VERIFY_RUNS, add_budget_options, budget_line, check_budget, nothing_to_prune,
+                                 run_budget)
 from yoloslim.prune.ratio_search import plot_search
 
 NEAR_ZERO = 0.01  # |gamma| below this is "sparsified": its channel contributes ~act(beta) only
@@ -173,9 +174,7 @@ def run_prune(args, policy, method, n_blocks=0, channels=True, needs_shortcuts=F
                                                         args.layer_keep, n_blocks)
         args.percent = round(removed_share(plans), 4)
         if args.percent == 0 and not n_blocks:
-            raise PruneError(f"--target-ms {args.target_ms:g}: the unpruned model already meets it (predicted "
-                             f"{args.budget_report.original_ms:.2f} ms on {args.budget.runtime}); nothing to prune, "
-                             f"nothing written")
+            raise PruneError(nothing_to_prune(args.budget, args.budget_report) + ", nothing written")
         if args.percent > 0:
             sparsity_report(model, graph, policy, args.percent)
     else:

@@ -37,7 +37,7 @@ BUDGETS = ("ms", "flops", "params")
 
 @dataclass
 class BudgetReport:
-    """What the planner predicted for the plan it chose (all predictions, none measured)."""
+    """What the planner predicted for the plan it chose (predictions; the calibration adds one measurement)."""
     predicted_ms: float          # None without a latency budget
     original_ms: float           # the unpruned model, predicted by the same tables
     target: dict                 # {"ms"|"flops"|"params": the absolute goal}
@@ -53,6 +53,7 @@ class BudgetReport:
     steps: int = 0
     measured_points: int = 0     # table points measured in this run (0: all cached)
     threshold: float = None      # only channels of lower importance were candidates (None: any)
+    original_timed_ms: float = None   # the unpruned model as timed by the calibration (None: not timed)
 
     def lines(self):
         rows = []
@@ -72,7 +73,9 @@ class BudgetReport:
 
 
 def _fmt(value, budget):
-    return f"{value:.3g}" if budget == "ms" else f"{value:,.0f}" if budget == "params" else f"{value / 1e9:.3f}G"
+    if budget == "ms":
+        return f"{value:.2f}" if value >= 0.01 else f"{value:.3g}"     # a sub-0.01 target is not 0.00
+    return f"{value:,.0f}" if budget == "params" else f"{value / 1e9:.3f}G"
 
 
 # ----------------------------------------------------------------------------- what a count changes
