@@ -72,11 +72,10 @@ def test_a_second_build_reads_every_point_from_the_cache(built, cache_home):
 
 
 class MachineNow(RuntimeTimer):
-    """A timer whose whole-model check returns what the machine is said to run the model in now."""
+    """A timer whose whole-model timing returns what the machine is said to run the model in now."""
     now_ms = None
 
     def whole(self, model, img_size):
-        self.checks += 1
         return self.now_ms
 
 
@@ -87,10 +86,10 @@ def test_a_cached_calibration_the_machine_disagrees_with_is_measured_again(tiny,
     from yoloslim.deploy import layer_latency
     folder = shutil.copytree(os.path.join(cache_home, "yoloslim", "latency"), tmp_path / "latency")  # theirs stays
     cache = LatencyCache(RUNTIME, 1, str(folder))
-    key = model_key(tiny, (SIZE, SIZE)) + "/model"
-    cached_ms = cache.points[key]
+    prefix = model_key(tiny, (SIZE, SIZE))
+    cached_ms, alone_ms = cache.points[prefix + "/model"], cache.points[prefix + "/alone"]
     runs = []
-    for now in (cached_ms * 1.2, cached_ms / 10):          # within STALE, then 10 times faster
+    for now in (alone_ms * 1.2, alone_ms / 10):            # within STALE, then 10 times faster
         monkeypatch.setattr(layer_latency, "_FRESH", set())  # as a new process
         timer = MachineNow(RUNTIME, 1)
         timer.now_ms = now
@@ -100,8 +99,9 @@ def test_a_cached_calibration_the_machine_disagrees_with_is_measured_again(tiny,
     assert agreed.checks == 1 and agreed.calls == 0 and kept.whole_ms == cached_ms
     assert disagreed.checks == 1 and disagreed.calls == 1          # the calibration set only: no grid point
     layers = {shape.key(cin, cout) for shape, cin, cout in remeasured.shapes.values()}
-    assert remeasured.measured == 2 + len(layers) and remeasured.whole_ms != cached_ms
-    assert LatencyCache(RUNTIME, 1, cache.folder).points[key] == remeasured.whole_ms
+    assert remeasured.measured == 3 + len(layers) and remeasured.whole_ms != cached_ms   # model, overhead, alone
+    stored = LatencyCache(RUNTIME, 1, cache.folder).points
+    assert stored[prefix + "/model"] == remeasured.whole_ms and stored[prefix + "/alone"] == alone_ms / 10
     again = MachineNow(RUNTIME, 1)
     build_tables(tiny, RUNTIME, None, SIZE, 1, again, LatencyCache(RUNTIME, 1, cache.folder), False)
     assert again.checks == 0 and again.calls == 0                  # once per process
