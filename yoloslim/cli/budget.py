@@ -107,8 +107,9 @@ def calibrate(plan, request, model, planned, size, threads):
         try:
             planned = plan(target)
         except PruneError as e:
-            raise PruneError(f"--target-ms {request.target_ms:g}: the unpruned model measured {original_measured:.2f} "
-                             f"ms here (the tables predicted {planned[2].original_ms:.2f}); scaled to that, {e}") from None
+            raise PruneError(f"--target-ms {request.target_ms:g}: the unpruned model measured "
+                             f"{original_measured:.2f} ms here (the tables predicted {planned[2].original_ms:.2f}); "
+                             f"scaled to that, {e}") from None
     for round_ in range(CALIBRATION_ROUNDS + 1):
         measured, original_measured = measure_plan(model, planned[0], request.runtime, size, threads)
         print(f"calibration: planned for {target:.2f} ms, predicted {planned[2].predicted_ms:.2f} ms, measured "
@@ -164,8 +165,8 @@ def next_target(points, budget):
     """The planner target whose measured ms should meet ``budget``, from (target, measured ms)
     points: between the nearest points on either side of the budget where there are both (false
     position), else along the line through the two nearest above it (in proportion, from one
-    point). Never past the unpruned
-    model's own prediction (the first point), where nothing would be pruned, nor to zero."""
+    point). Never past the unpruned model's own prediction (the first point), where nothing would
+    be pruned, nor to zero."""
     above = sorted((p for p in points if p[1] > budget), key=lambda p: p[1])
     below = sorted((p for p in points if p[1] <= budget), key=lambda p: -p[1])
     a, b = (above[0], below[0]) if above and below else ((above + below) * 2)[:2]   # one point: a == b

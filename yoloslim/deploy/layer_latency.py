@@ -50,7 +50,7 @@ LOW_QUANTILE = 0.2
 REFINE_ROUNDS = 2      # at most this many halvings of a grid step around a cliff
 CLIFF = 2.0            # time growing this much faster than the FLOPs over a grid step marks a cliff
 GRID_FRACTIONS = (1.0, 0.5, 0.25)   # of a layer's width, rounded to multiples of 8, plus the floor of 8
-STALE = 1.5            # a cached whole-model time this far from the machine's now is measured again
+STALE = 1.5            # a cached calibration set is measured again when its model, alone, runs this far off
 _FRESH = set()         # calibration sets measured or confirmed in this process
 
 
