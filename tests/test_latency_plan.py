@@ -387,6 +387,33 @@ def test_a_model_predicted_within_the_budget_is_timed_before_nothing_is_pruned(m
                                                         "nothing to prune")
 
 
+def test_a_budget_under_the_predicted_floor_is_refused_only_after_the_model_is_timed(monkeypatch):
+    """The tables predict the model at 20 ms and the floor plan at 8; a budget of 6 ms is under that
+    floor by their level. The machine runs the model alone in 10 ms: at the tables' level the budget
+    is 12 ms, which they reach. Only when the scaled budget is out of reach too is it refused, in
+    the machine's ms; a machine slower than the tables changes nothing."""
+    from yoloslim.cli import budget
+    from yoloslim.prune.latency_plan import BudgetUnreachable
+    floor = {"ms": 8.0}
+
+    def plan(target):
+        if target < floor["ms"]:
+            raise BudgetUnreachable(f"--target-ms {target:g} ms cannot be met", "ms", target, floor["ms"], 20.0)
+        return ("compact", ["plans"], "report")
+
+    request = budget.BudgetRequest(target_ms=6.0, runtime="onnxruntime")
+    monkeypatch.setattr(budget, "measure_original", lambda *a: 10.0)
+    assert budget.first_plan(plan, request, None, 64, 1) == (pytest.approx(12.0), ("compact", ["plans"], "report"))
+    floor["ms"] = 15.0
+    with pytest.raises(PruneError, match=r"--target-ms 6 ms cannot be met: with every prunable layer at its floor "
+                                         r"\(--layer-keep\) the plan would run in about 7\.50 ms here \(the unpruned "
+                                         r"model measured 10\.00 ms, predicted 20\.00\)"):
+        budget.first_plan(plan, request, None, 64, 1)
+    monkeypatch.setattr(budget, "measure_original", lambda *a: 25.0)
+    with pytest.raises(BudgetUnreachable, match=r"--target-ms 6 ms cannot be met"):
+        budget.first_plan(plan, request, None, 64, 1)
+
+
 def test_a_plan_measured_over_the_budget_is_never_kept_when_one_within_it_was_measured():
     """Noise of a few percent: the calibration accepts only plans at or under the budget (at most
     CLOSE_ENOUGH under), keeps the slowest within it (it removed the least), else the fastest."""

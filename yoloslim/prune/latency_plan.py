@@ -35,6 +35,15 @@ RUNTIME_MULTIPLE = {"onnxruntime": 8, "openvino": 8, "torch": 8, "opencv": 1}
 BUDGETS = ("ms", "flops", "params")
 
 
+class BudgetUnreachable(PruneError):
+    """A budget no plan reaches by the planner's own costs, even with every prunable unit at its
+    floor: ``floor`` and ``original`` are the predicted values of the floor plan and of the model."""
+
+    def __init__(self, message, budget, goal, floor, original):
+        super().__init__(message)
+        self.budget, self.goal, self.floor, self.original = budget, goal, floor, original
+
+
 @dataclass
 class BudgetReport:
     """What the planner predicted for the plan it chose (predictions; the calibration adds one measurement)."""
@@ -239,7 +248,8 @@ class BudgetPlanner:
             budget = unmet[0]
             k = self._best_step(current, budget, gains)
             if k is None:
-                raise PruneError(self._unreachable(budget, goals[budget], values[budget]))
+                raise BudgetUnreachable(self._unreachable(budget, goals[budget], values[budget]), budget,
+                                        goals[budget], values[budget], self.cost({}, budget))
             to = gains[k][1][2]
             changed = self._step(k, current, to)
             for b in goals:
