@@ -7,8 +7,9 @@ For each cfg: seeded random weights (a dense conv runs at the same speed whateve
 BN gammas spread down to near zero, so the |gamma| ranking has something to rank), the latency tables
 of the planner (the machine's cache), and the fastest plan the policy allows at --layer-keep, as
 the tables predict it (the floor). The budget lies --between of the way from that floor to the
-unpruned model, both scaled by how the machine runs the unpruned model alone against the tables'
-prediction: a budget that needs pruning and that every graph can meet, whatever its size. Then normal_prune.py, and shortcut_prune.py where
+unpruned model, both scaled by how the machine runs the unpruned model (timed as the scripts'
+check times it, interleaved with a second model) against the tables' prediction: a budget that
+needs pruning and that every graph can meet, whatever its size. Then normal_prune.py, and shortcut_prune.py where
 the graph has prunable convs meeting at a [shortcut], run as a user runs them, with --target-ms;
 their summary.json says what the written model measured against its original, interleaved.
 
@@ -59,8 +60,9 @@ def parse_args(argv=None):
 
 
 def budget_for(model, policy, args):
-    """(predicted floor ms, predicted unpruned ms, unpruned ms timed alone, the budget): the
-    fastest plan of ``policy`` and the unpruned model as the planner's tables predict them."""
+    """(predicted floor ms, predicted unpruned ms, unpruned ms as timed, the budget): the fastest
+    plan of ``policy`` and the unpruned model as the planner's tables predict them."""
+    from yoloslim.cli.budget import measure_original
     from yoloslim.deploy.layer_latency import LatencyCache, RuntimeTimer, build_tables
     from yoloslim.prune.latency_plan import RUNTIME_MULTIPLE, BudgetPlanner, table_grids
     planner = BudgetPlanner(model, policy, None, args.layer_keep, RUNTIME_MULTIPLE.get(args.runtime, 1),
@@ -70,8 +72,8 @@ def budget_for(model, policy, args):
                                   LatencyCache(args.runtime, args.threads), progress=False)
     floor = planner.cost({k: r.counts[-1] for k, r in enumerate(planner.ladders)}, "ms")
     original = planner.cost({}, "ms")
-    alone = timer.whole(model, args.img_size)
-    return floor, original, alone, round(alone / original * (floor + args.between * (original - floor)), 3)
+    timed = measure_original(model, args.runtime, args.img_size, args.threads)
+    return floor, original, timed, round(timed / original * (floor + args.between * (original - floor)), 3)
 
 
 def policies_of(model):
@@ -92,9 +94,9 @@ def run_cfg(cfg, args):
     model.save_darknet_weights(weights)
     rows = []
     for policy in policies_of(model):
-        floor, original, alone, target = budget_for(model, POLICIES[policy], args)
+        floor, original, timed, target = budget_for(model, POLICIES[policy], args)
         out = os.path.join(args.work, f"{name}-{policy}")
-        print(f"{name}, {SCRIPTS[policy]}: predicted {original:.2f} ms, floor {floor:.2f} ms; {alone:.2f} ms alone; "
+        print(f"{name}, {SCRIPTS[policy]}: predicted {original:.2f} ms, floor {floor:.2f} ms; timed {timed:.2f} ms; "
               f"--target-ms {target:g} ...", flush=True)
         t0 = time.time()
         proc = subprocess.run([sys.executable, os.path.join(ROOT, SCRIPTS[policy]), "--cfg", cfg, "--weights", weights,
@@ -103,7 +105,7 @@ def run_cfg(cfg, args):
                                "--latency-runs", str(args.latency_runs), "--out", out],
                               capture_output=True, text=True)
         row = {"cfg": name, "policy": policy, "floor_ms": floor, "predicted_original_ms": original,
-               "alone_ms": alone, "target_ms": target, "seconds": time.time() - t0, "returncode": proc.returncode}
+               "timed_ms": timed, "target_ms": target, "seconds": time.time() - t0, "returncode": proc.returncode}
         if proc.returncode == 0:
             with open(os.path.join(out, "summary.json")) as f:
                 budget = json.load(f)["budget"]
@@ -124,13 +126,13 @@ def verdict(row):
 
 
 def render(rows, meta):
-    header = ["cfg", "script", "predicted ms: unpruned / floor", "unpruned alone ms", "--target-ms", "measured ms",
+    header = ["cfg", "script", "predicted ms: unpruned / floor", "unpruned ms, timed", "--target-ms", "measured ms",
               "off the budget", "unpruned ms in the check", "verdict"]
     body = []
     for r in rows:
         ran = r["returncode"] == 0
         body.append([r["cfg"], SCRIPTS[r["policy"]], f"{r['predicted_original_ms']:.2f} / {r['floor_ms']:.2f}",
-                     f"{r['alone_ms']:.2f}", f"{r['target_ms']:g}", f"{r['measured_ms']:.2f}" if ran else "-",
+                     f"{r['timed_ms']:.2f}", f"{r['target_ms']:g}", f"{r['measured_ms']:.2f}" if ran else "-",
                      f"{r['measured_ms'] / r['target_ms'] - 1:+.1%}" if ran else "-",
                      f"{r['original_measured_ms']:.2f}" if ran else "-", verdict(r)])
     ran = [r for r in rows if r["returncode"] == 0]
@@ -140,7 +142,7 @@ def render(rows, meta):
             f"{meta['minutes']:.1f} min ({meta['when']}). Machine: {meta['machine']}. {meta['runtime']}, "
             f"{meta['img_size']} px, {meta['threads']} thread(s); each budget lies {meta['between']:g} of the way from "
             f"the floor the tables predict (every prunable layer at --layer-keep {meta['layer_keep']:g}) to the "
-            f"unpruned model, scaled by the unpruned model timed alone over its prediction; each script's final "
+            f"unpruned model, scaled by the unpruned model as timed over its prediction; each script's final "
             f"check is the median of {meta['latency_runs']} runs, interleaved with the original; 1-minute load "
             f"average {meta['load'][0]:.1f} to {meta['load'][1]:.1f}.\n\n"
             f"**{met} of {len(ran)} budgets met; {close} of {len(ran)} within {LANDS:.0%} of the budget; "
