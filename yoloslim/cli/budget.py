@@ -117,8 +117,8 @@ def calibrate(plan, request, model, planned, size, threads, target=None):
     the measured points around the budget (yoloslim/cli/budget.py:next_target), CALIBRATION_ROUNDS
     times at most, aiming at AIM of the budget. The plan measured slowest within the budget is kept
     (it removed the least), else the fastest; the run's final check times it once more. A plan
-    measured over the budget is never accepted as close enough: at 64 px, where 10 timed runs
-    vary by several percent, accepting +5% left 13 of 22 zoo budgets missed by 2-27% at the check.
+    measured over the budget is never accepted as close enough: the user's budget is a ceiling.
+    How the checks then land on every cfg of the zoo: benchmarks/results/budget_zoo.md.
     """
     target, points, tried = target or request.target_ms, [], []
     if planned[2].predicted_ms >= planned[2].original_ms:
