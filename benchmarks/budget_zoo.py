@@ -84,7 +84,7 @@ def policies_of(model):
 
 
 def run_cfg(cfg, args):
-    """Rows of one cfg: each applicable prune script to a budget of --factor x its floor."""
+    """Rows of one cfg: each applicable prune script run to a budget between its floor and the model."""
     from yoloslim.darknet.model import Darknet
     from yoloslim.deploy.measure import randomize_weights
     from yoloslim.prune.engine import POLICIES
