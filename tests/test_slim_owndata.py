@@ -159,7 +159,10 @@ def test_a_latency_budget_replaces_the_ratio(users, tmp_path):
     model = load_model(cfg, weights, 64).eval()
     tables = build_tables(model, "opencv", None, 64, 1, RuntimeTimer("opencv", 1),
                           LatencyCache("opencv", 1, os.path.join(cache_home, "yoloslim", "latency")), False)
-    target = round(0.7 * tables.predict({}), 3)
+    # half the tables' prediction: slim.py times its derived cfg afresh (another cache key), and
+    # under the other test worker's load two timings of one model differed by x1.74 (0.7 was refused:
+    # "already meets it"); the tiny policy's floor is about a quarter of the model here
+    target = round(0.5 * tables.predict({}), 3)
     before = tree_digest(users["mine"])
     proc = subprocess.run([sys.executable, "slim.py", "--data", users["data"], "--cfg", cfg, "--weights", weights,
                            "--out", users["out"], "--target-ms", str(target), "--runtime", "opencv", *QUICK],

@@ -72,7 +72,10 @@ def run_budget(request, model, policy, graph, size, threads, layer_keep=None, n_
                               request.target_params, layer_keep, graph, n_blocks)
 
     target, (compact, plans, report) = first_plan(plan, request, model, size, threads)
-    cached = "all from the cache" if not report.measured_points else f"{report.measured_points} measured"
+    cached = ("all from the cache" if not report.measured_points else
+              "every layer from the cache, the whole-model calibration measured again (this machine no longer ran "
+              "the model as fast as when it was cached)" if not report.measured_layers else
+              f"{report.measured_points} measured")
     print(f"latency tables: {cached}; the rest of the model (not convs) predicted as one constant")
     compact, plans, report = calibrate(plan, request, model, (compact, plans, report), size, threads, target)
     print("\n".join(report.lines()))

@@ -332,6 +332,7 @@ class LatencyTables:
     whole_ms: float          # the unpruned model as measured
     overhead_ms: float
     measured: int = 0        # grid points and models measured in this build (0: all from the cache)
+    measured_layers: int = 0  # of them, grid points (0: every layer's grid from the cache)
 
     def conv_ms(self, conv, cin, cout):
         return self.tables[conv](cin, cout)
@@ -378,7 +379,7 @@ def build_tables(model, runtime, grids=None, img_size=None, threads=1, timer=Non
     convs_ms = sum(tables[c](cin, cout) for c, (_, cin, cout) in shapes.items())
     whole = calibrated["model"]
     return LatencyTables(runtime, threads, size, tables, shapes, whole - convs_ms, whole, calibrated["overhead"],
-                         len(new))
+                         len(new), sum(not k.startswith(model_key(model, size) + "/") for k in new))
 
 
 def _calibration(timer, cache, new, model, size, shapes):

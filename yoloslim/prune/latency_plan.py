@@ -61,6 +61,7 @@ class BudgetReport:
     multiple: int = 1
     steps: int = 0
     measured_points: int = 0     # table points measured in this run (0: all cached)
+    measured_layers: int = 0     # of them, layer grid points (0: only the whole-model calibration, if any)
     threshold: float = None      # only channels of lower importance were candidates (None: any)
     original_timed_ms: float = None   # the unpruned model as timed by the calibration (None: not timed)
 
@@ -378,13 +379,15 @@ def plan_to_budget(model, policy, runtime, img_size, threads, target_ms=None, ta
     goals, before = _goals(planner, original, original_tables, size, target_ms, target_flops, target_params)
     kept, steps, threshold = planner.search_below_threshold(goals)
     compact, channel_plans = planner.build(kept)
-    measured = sum(t.measured for t in {id(t): t for t in (planner.tables, original_tables) if t}.values())
+    built = {id(t): t for t in (planner.tables, original_tables) if t}.values()
+    measured, measured_layers = sum(t.measured for t in built), sum(t.measured_layers for t in built)
     report = BudgetReport(
         predicted_ms=planner.cost(kept, "ms") if planner.tables else None,
         original_ms=before.get("ms"), target=goals, removed_importance=planner.removed_importance(kept),
         total_importance=planner.total_importance(), predicted={b: planner.cost(kept, b) for b in goals},
         original=before, kept=planner.by_key(kept), runtime=runtime, threads=threads, img_size=size,
-        multiple=multiple, steps=steps, measured_points=measured, threshold=threshold)
+        multiple=multiple, steps=steps, measured_points=measured, measured_layers=measured_layers,
+        threshold=threshold)
     return compact, plans + channel_plans, report
 
 
