@@ -70,7 +70,7 @@ def budget_for(model, policy, args):
     timer = RuntimeTimer(args.runtime, args.threads)
     planner.tables = build_tables(model, args.runtime, table_grids(planner), args.img_size, args.threads, timer,
                                   LatencyCache(args.runtime, args.threads), progress=False)
-    floor = planner.cost({k: r.counts[-1] for k, r in enumerate(planner.ladders)}, "ms")
+    floor = planner.cost(planner.floor(), "ms")
     original = planner.cost({}, "ms")
     timed = measure_original(model, args.runtime, args.img_size, args.threads)
     return floor, original, timed, round(timed / original * (floor + args.between * (original - floor)), 3)
@@ -80,7 +80,7 @@ def policies_of(model):
     """The prune scripts whose policy differs on this graph: shortcut only where convs meet at one."""
     from yoloslim.prune.graph import analyze
     graph = analyze(model.module_defs, model.in_channels)
-    return ["normal"] + (["shortcut"] if any(graph.in_shortcut_group(c) for c in graph.prunable) else [])
+    return ["normal"] + (["shortcut"] if graph.prunable_meet_at_shortcut() else [])
 
 
 def run_cfg(cfg, args):

@@ -140,7 +140,7 @@ def report_removed_share(plans, percent, policy, n_blocks):
 def refuse_without_shortcuts(graph, cfg):
     """Shortcut pruning differs from normal pruning only where convs meet at a [shortcut]: on a
     model without one it would silently be normal_prune under another name."""
-    if not any(graph.in_shortcut_group(c) for c in graph.prunable):
+    if not graph.prunable_meet_at_shortcut():
         raise PruneError(f"{cfg}: has no [shortcut] where prunable convs meet, so shortcut pruning would be "
                          f"normal pruning; use normal_prune.py (or prune_tiny.py for yolov3-tiny / yolov4-tiny)")
 

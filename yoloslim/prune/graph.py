@@ -42,6 +42,10 @@ class Graph:
     def in_shortcut_group(self, conv):
         return len(self.groups[self.group_of[conv]]) > 1
 
+    def prunable_meet_at_shortcut(self):
+        """Whether any prunable convs meet at a [shortcut] (where shortcut pruning differs from normal)."""
+        return any(self.in_shortcut_group(c) for c in self.prunable)
+
 
 class _UnionFind:
     def __init__(self, n):

@@ -289,6 +289,10 @@ class BudgetPlanner:
         """Ladders that keep every channel whose importance reaches ``threshold``."""
         return [_bounded(r, int((s >= threshold).sum())) for r, s in zip(self.ladders, self.scores)]
 
+    def floor(self):
+        """Kept counts {unit index: count} with every unit at the bottom of its ladder: the fastest plan."""
+        return {k: r.counts[-1] for k, r in enumerate(self.ladders)}
+
     def by_key(self, kept):
         """{unit key: count} of the units kept counts {unit index: count} prune, as the engine takes them."""
         return {unit_key(self.units[k]): n for k, n in kept.items() if n < self.units[k].width}
@@ -396,7 +400,7 @@ def plan_at_floor(model, policy, layer_keep=0.05, multiple=1, graph=None):
     of its width, in ``multiple``). No plan of the policy runs faster, so its speed-up is the
     ceiling of channel pruning under it. Returns (compact model, engine plans)."""
     planner = BudgetPlanner(model, policy, graph, layer_keep, multiple)
-    return planner.build({k: r.counts[-1] for k, r in enumerate(planner.ladders)})
+    return planner.build(planner.floor())
 
 
 def table_grids(planner):
